@@ -1,0 +1,51 @@
+# diffpose-bench. `make help` lists the targets. Every target installs what it needs first (make setup).
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV ?= .venv
+# The torch build. The default is the CPU wheel; GPU users pick theirs, e.g.
+#   make setup TORCH_SPEC='torch==2.13.0' TORCH_INDEX=https://download.pytorch.org/whl/cu128
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+RESULTS ?= results
+STORES ?= stores
+MOCAP_ROOT ?= ../shared/data/mocap17
+SUITE ?= ablations/demo.toml
+SEARCH ?= ablations/search_demo.toml
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+LOOPBACK := scripts/loopback-ns
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help setup test lint prepare bench ablate tune report mlflow-ui clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## Create .venv and install torch (TORCH_SPEC) and the project (idempotent)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+test: setup ## Run the tests (in a loopback-only network namespace when no RAY_ADDRESS is set)
+	$(LOOPBACK) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup ## ruff
+	$(BIN)/ruff check diffpose benchmark reports tests
+
+$(STORES)/mocap17/meta.json: | setup
+	$(BIN)/diffpose-bench prepare --dataset mocap17 --root $(MOCAP_ROOT) --out $(STORES)/mocap17
+
+prepare: $(STORES)/mocap17/meta.json ## Prepare the store of the shipped mocap stand-in
+
+bench: setup $(STORES)/mocap17/meta.json ## Speed and memory benchmarks -> bench.json
+	$(BIN)/diffpose-bench bench --store $(STORES)/mocap17 --out bench.json
+
+clean: ## Remove stores, results and bench.json (not .venv)
+	rm -rf $(STORES) $(RESULTS) bench.json

@@ -1,0 +1,322 @@
+"""One typed configuration: frozen dataclasses, loaded from TOML, overridden by dotted keys, never mutated.
+
+``Config.from_toml(path).override({"diffusion.steps": 5})`` returns a new validated object. ``flatten()``
+gives the dotted keys that become MLflow params and report columns. Unknown keys and wrong types raise
+:class:`ConfigError` naming the key (and the file, when there is one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or has the wrong type or value. One line, naming the key and the source."""
+
+
+@dataclass(frozen=True)
+class Data:
+    store: str = "stores/mocap17"         # a store written by `diffpose-bench prepare`
+    train_subjects: tuple[str, ...] = ()  # () = the store's training split minus the validation subjects
+    val_subjects: tuple[str, ...] = ()    # () = the store's default validation subjects (training subjects)
+    test_subjects: tuple[str, ...] = ()   # () = the store's test split
+    frames: int = 1                       # window length T; 1 = frame-based
+    kernels: int = 0                      # 2D GMM kernels kept, heaviest first; 0 = all in the store
+    draw_kernels: bool = True             # training 2D input: a GMM kernel drawn per joint from pi
+    flip_augment: bool = True             # random left/right mirroring in training
+    flip_test: bool = False               # average with the mirrored prediction at evaluation
+    train_stride: int = 1                 # every n-th training frame
+    eval_stride: int = 1                  # every n-th validation/test frame
+
+
+@dataclass(frozen=True)
+class Model:
+    """The lifter being trained. Unset architecture keys take the lifter's published defaults."""
+
+    lifter: str = "diffpose"              # a key of diffpose.lifters.LIFTERS
+    hidden: int = 96
+    blocks: int = 5
+    heads: int = 4
+    dropout: float = 0.25
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """DiffPose's context encoder: trained first as a lifter (cached by its config hash), then frozen."""
+
+    lifter: str = "graformer"
+    hidden: int = 96
+    blocks: int = 5
+    heads: int = 4
+    dropout: float = 0.25
+    epochs: int = 0                       # 0 = train.epochs
+    lr: float = 0.0                       # 0 = train.lr
+
+
+@dataclass(frozen=True)
+class Diffusion:
+    """DiffPose switches. ``mode = "paper"`` is the method of the paper; ``"refiner"`` the released code."""
+
+    mode: str = "paper"                   # "paper" | "refiner"
+    gmm: bool = True                      # GMM-based forward diffusion; False: plain DDPM noise N(0, I)
+    context: bool = True                  # condition on the context encoder; False: on the 2D input alone
+    heatmap_init: bool = True             # sample from the 2D-uncertainty GMM; False: from N(0, I)
+    schedule: str = "cosine"              # "linear" | "cosine"
+    train_steps: int = 50                 # T of the forward process
+    beta_start: float = 1e-4              # linear schedule only
+    beta_end: float = 0.02                # linear schedule only
+    steps: int = 5                        # K: DDIM steps (denoiser calls) at inference
+    hypotheses: int = 1                   # N
+    eta: float = 0.0                      # DDIM eta: 0 deterministic, 1 DDPM-like
+    predict: str = "eps"                  # "eps" | "x0"
+    aggregate: str = "mean"               # "mean" | "median" over hypotheses (J-Agg)
+    t_start: int = -1                     # step the reverse process starts at; -1 = train_steps - 1
+    depth_kernels: int = 1                # kernels of the per-joint depth prior
+
+
+@dataclass(frozen=True)
+class Train:
+    epochs: int = 20
+    batch_size: int = 1024
+    optimizer: str = "adam"               # "adam" | "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_schedule: str = "exp"              # "exp": lr * gamma^epoch | "step": x gamma every lr_step epochs | "cosine"
+    lr_gamma: float = 0.95
+    lr_step: int = 1
+    grad_clip: float = 1.0                # max gradient norm; 0 = off
+    ema: float = 0.0                      # EMA decay of the weights, used at evaluation; 0 = off
+    seed: int = 0
+    device: str = "auto"                  # "auto" | "cpu" | "cuda" | "cuda:1" | "mps"
+    amp: bool = True                      # mixed precision on GPU (ignored on the CPU)
+    threads: int = 0                      # torch CPU threads; 0 = the CPUs this process may use
+    steps_per_epoch: int = 0              # 0 = one pass over the training frames
+    eval_batch_size: int = 4096
+    val_max_frames: int = 20000           # validation subsample per epoch (evenly spaced); 0 = all
+    metric: str = "val_p1"                # the validation metric for model selection and search
+
+
+@dataclass(frozen=True)
+class Config:
+    data: Data = field(default_factory=Data)
+    model: Model = field(default_factory=Model)
+    encoder: Encoder = field(default_factory=Encoder)
+    diffusion: Diffusion = field(default_factory=Diffusion)
+    train: Train = field(default_factory=Train)
+
+    # ---- construction -------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> Config:
+        """Build from nested ``{"train": {"lr": 1e-3}}`` and/or dotted ``{"train.lr": 1e-3}`` keys."""
+        nested = _nest(d, source)
+        lifter = nested.get("model", {}).get("lifter", Model.lifter)
+        model_defaults = dict(LIFTER_MODEL_DEFAULTS.get(lifter, {}))
+        sections = {}
+        for f in dataclasses.fields(cls):
+            given = nested.pop(f.name, {})
+            if not isinstance(given, dict):
+                raise ConfigError(f"{source}: [{f.name}] must be a table, got {type(given).__name__}")
+            if f.name == "model":
+                given = {**model_defaults, **given}
+            sections[f.name] = _build(_SECTIONS[f.name], given, f.name, source)
+        if nested:
+            raise ConfigError(f"{source}: unknown section {sorted(nested)[0]!r} "
+                              f"(known: {', '.join(_SECTIONS)})")
+        cfg = cls(**sections)
+        cfg.validate(source)
+        return cfg
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Config:
+        path = Path(path)
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        return cls.from_dict(raw, source=str(path))
+
+    def override(self, changes: dict[str, Any], source: str = "override") -> Config:
+        """A new Config with dotted-key ``changes`` applied. Changing ``model.lifter`` resets the model
+        architecture to that lifter's defaults, except keys given in ``changes`` too."""
+        base = self.to_dict()
+        flat_changes = _flatten_dict(_nest(changes, source))
+        if "model.lifter" in flat_changes and flat_changes["model.lifter"] != self.model.lifter:
+            base["model"] = {"lifter": flat_changes["model.lifter"]}
+        merged = _flatten_dict(base)
+        merged.update(flat_changes)
+        return Config.from_dict(merged, source=source)
+
+    # ---- views ---------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        out = dataclasses.asdict(self)
+        return {s: {k: list(v) if isinstance(v, tuple) else v for k, v in sec.items()} for s, sec in out.items()}
+
+    def flatten(self) -> dict[str, Any]:
+        """Dotted keys -> values (tuples joined by commas), the MLflow params and report columns."""
+        return {k: ",".join(v) if isinstance(v, list) else v for k, v in _flatten_dict(self.to_dict()).items()}
+
+    def to_toml(self) -> str:
+        lines = []
+        for section, values in self.to_dict().items():
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+            lines.append("")
+        return "\n".join(lines)
+
+    def hash(self) -> str:
+        """Stable short hash of the resolved config (identity of a trial or a cached encoder)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def encoder_config(self) -> Config:
+        """The context encoder's own config: same data and seed, the encoder as the lifter, no diffusion."""
+        e = self.encoder
+        return Config(
+            data=self.data,
+            model=Model(lifter=e.lifter, hidden=e.hidden, blocks=e.blocks, heads=e.heads, dropout=e.dropout),
+            train=dataclasses.replace(self.train, epochs=e.epochs or self.train.epochs, lr=e.lr or self.train.lr),
+        )
+
+    def validate(self, source: str = "<config>") -> None:
+        def need(ok: bool, key: str, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"{source}: {key} {msg}")
+
+        d, m, df, t = self.data, self.model, self.diffusion, self.train
+        need(d.frames >= 1 and d.frames % 2 == 1, "data.frames", f"must be odd and >= 1, got {d.frames}")
+        need(d.kernels >= 0, "data.kernels", "must be >= 0")
+        need(d.train_stride >= 1 and d.eval_stride >= 1, "data.*_stride", "must be >= 1")
+        need(m.lifter in LIFTER_MODEL_DEFAULTS, "model.lifter",
+             f"unknown lifter {m.lifter!r} (known: {', '.join(sorted(LIFTER_MODEL_DEFAULTS))})")
+        need(self.encoder.lifter in LIFTER_MODEL_DEFAULTS and self.encoder.lifter != "diffpose",
+             "encoder.lifter", f"must be a baseline lifter, got {self.encoder.lifter!r}")
+        need(m.hidden > 0 and m.blocks > 0 and m.heads > 0, "model.hidden/blocks/heads", "must be > 0")
+        need(m.hidden % m.heads == 0, "model.hidden", f"{m.hidden} must be divisible by model.heads {m.heads}")
+        need(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+        need(df.mode in ("paper", "refiner"), "diffusion.mode", f"must be 'paper' or 'refiner', got {df.mode!r}")
+        need(df.schedule in ("linear", "cosine"), "diffusion.schedule", f"unknown schedule {df.schedule!r}")
+        need(df.train_steps >= 2, "diffusion.train_steps", "must be >= 2")
+        need(1 <= df.steps <= df.train_steps, "diffusion.steps",
+             f"K={df.steps} must be in [1, diffusion.train_steps={df.train_steps}]")
+        need(df.t_start == -1 or 0 <= df.t_start < df.train_steps, "diffusion.t_start",
+             f"must be -1 or in [0, {df.train_steps - 1}]")
+        need(df.hypotheses >= 1, "diffusion.hypotheses", "must be >= 1")
+        need(df.predict in ("eps", "x0"), "diffusion.predict", "must be 'eps' or 'x0'")
+        need(df.aggregate in ("mean", "median"), "diffusion.aggregate", "must be 'mean' or 'median'")
+        need(df.depth_kernels >= 1, "diffusion.depth_kernels", "must be >= 1")
+        need(0.0 <= df.eta <= 1.0, "diffusion.eta", "must be in [0, 1]")
+        need(t.epochs >= 1 and t.batch_size >= 1, "train.epochs/batch_size", "must be >= 1")
+        need(t.optimizer in ("adam", "adamw"), "train.optimizer", f"unknown optimizer {t.optimizer!r}")
+        need(t.lr_schedule in ("exp", "step", "cosine"), "train.lr_schedule", f"unknown {t.lr_schedule!r}")
+        need(t.lr > 0, "train.lr", "must be > 0")
+        need(0.0 <= t.ema < 1.0, "train.ema", "must be in [0, 1)")
+        need(t.metric in ("val_p1", "val_p2"), "train.metric", "must be 'val_p1' or 'val_p2'")
+
+
+# Published architecture defaults per lifter (model section); every key of the registry has an entry.
+LIFTER_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "diffpose": {"hidden": 96, "blocks": 5, "heads": 4, "dropout": 0.25},        # released gcndiff
+    "graformer": {"hidden": 96, "blocks": 5, "heads": 4, "dropout": 0.25},       # released gcnpose
+    "simple_baseline": {"hidden": 1024, "blocks": 2, "heads": 1, "dropout": 0.5},  # Martinez et al. 2017
+    "semgcn": {"hidden": 128, "blocks": 4, "heads": 1, "dropout": 0.0},          # Zhao et al. 2019
+}
+
+_SECTIONS = {"data": Data, "model": Model, "encoder": Encoder, "diffusion": Diffusion, "train": Train}
+
+
+def _nest(d: dict[str, Any], source: str) -> dict[str, Any]:
+    """Merge dotted keys ("train.lr") into nested tables; deep-copies tables."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        parts = key.split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source}: {key!r} conflicts with a non-table value")
+        leaf = parts[-1]
+        if isinstance(value, dict):
+            node.setdefault(leaf, {})
+            node[leaf].update(_nest(value, source))
+        else:
+            node[leaf] = value
+    return out
+
+
+def _flatten_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten_dict(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _build(cls: type, given: dict[str, Any], section: str, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in given.items():
+        if key not in names:
+            raise ConfigError(f"{source}: unknown key {section}.{key} (known: {', '.join(sorted(names))})")
+        kwargs[key] = _coerce(value, hints[key], f"{section}.{key}", source)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{source}: {key} must be a list of strings, got {value!r}")
+        return tuple(value)
+    if isinstance(hint, types.UnionType):
+        raise ConfigError(f"{source}: {key}: unsupported type {hint}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{source}: {key} must be {hint.__name__}, got {value!r}")
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(json.dumps(x) for x in v) + "]"
+    return repr(v)
