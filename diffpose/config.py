@@ -232,6 +232,29 @@ LIFTER_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "semgcn": {"hidden": 128, "blocks": 4, "heads": 1, "dropout": 0.0},          # Zhao et al. 2019
 }
 
+# Named variants: config overrides applied on top of a suite's base config. (axis, value) say which
+# ablation axis a variant belongs to; "full" is the reference every axis is compared with.
+VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "full": ("full", "paper", {}),
+    "no_gmm": ("gmm", "false", {"diffusion.gmm": False}),
+    "no_context": ("context", "false", {"diffusion.context": False}),
+    "no_heatmap_init": ("heatmap_init", "false", {"diffusion.heatmap_init": False}),
+    # The released code: start from the encoder's pose at step 12 of 51 (linear betas 1e-4..1e-3), two DDIM
+    # calls, one hypothesis, training noise scaled by the 2D sigma only.
+    "refiner": ("mode", "refiner", {
+        "diffusion.mode": "refiner", "diffusion.gmm": False, "diffusion.schedule": "linear",
+        "diffusion.train_steps": 51, "diffusion.beta_start": 1e-4, "diffusion.beta_end": 1e-3,
+        "diffusion.steps": 2, "diffusion.t_start": 12, "diffusion.hypotheses": 1,
+    }),
+    "graformer": ("baseline", "graformer", {"model.lifter": "graformer"}),
+    "semgcn": ("baseline", "semgcn", {"model.lifter": "semgcn"}),
+    "simple_baseline": ("baseline", "simple_baseline", {"model.lifter": "simple_baseline"}),
+}
+
+# Axes whose values a suite lists ("steps = [1, 2, 5]"): each value is a variant of "full".
+AXES: dict[str, str] = {"steps": "diffusion.steps", "kernels": "data.kernels", "hypotheses": "diffusion.hypotheses"}
+
+
 _SECTIONS = {"data": Data, "model": Model, "encoder": Encoder, "diffusion": Diffusion, "train": Train}
 
 

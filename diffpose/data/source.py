@@ -62,7 +62,8 @@ class Clip:
             expect["world_3d"] = (self.world_3d, (t, NUM_JOINTS, 3))
         for name, (arr, shape) in expect.items():
             if arr.shape != shape:
-                raise ValueError(f"clip {self.subject}/{self.action}/cam{self.camera}: {name} {arr.shape} != {shape}")
+                where = f"clip {self.subject}/{self.action}/cam{self.camera}"
+                raise ValueError(f"{where}: {name} {arr.shape} != {shape}")
         if self.gmm.ndim != 4 or self.gmm.shape[0] != t or self.gmm.shape[1] != NUM_JOINTS or self.gmm.shape[3] != 5:
             raise ValueError(f"clip {self.subject}/{self.action}/cam{self.camera}: gmm {self.gmm.shape} != ({t}, 17, M, 5)")
 
@@ -94,7 +95,9 @@ def single_kernel_gmm(pose_2d: np.ndarray, sigma_px: float) -> np.ndarray:
 
 
 def check_gmm(path: str | Path, gmm: np.ndarray, where: str, atol: float = 1e-3) -> None:
-    """Raise :class:`DataError` unless ``gmm`` (..., M, 5) is finite, has sigma > 0 and weights summing to 1."""
+    """Raise :class:`DataError` unless ``gmm`` (..., M, 5) is finite, has sigma >= 0 and weights summing to 1.
+
+    A zero sigma is accepted (a point kernel); the sampler floors sigma before it divides by it."""
     if not np.isfinite(gmm).all():
         raise DataError(path, f"{where}: GMM holds NaN or inf")
     pi = gmm[..., 0]
@@ -104,8 +107,8 @@ def check_gmm(path: str | Path, gmm: np.ndarray, where: str, atol: float = 1e-3)
     bad = np.abs(s - 1.0) > atol
     if bad.any():
         raise DataError(path, f"{where}: GMM weights sum to {float(s[bad].flat[0]):.4f}, not 1")
-    if (gmm[..., 3:5][pi > 0] <= 0).any():
-        raise DataError(path, f"{where}: GMM sigma must be > 0 where the weight is > 0")
+    if (gmm[..., 3:5] < 0).any():
+        raise DataError(path, f"{where}: negative GMM sigma")
 
 
 def check_finite(path: str | Path, arr: np.ndarray, where: str) -> None:

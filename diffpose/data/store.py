@@ -37,6 +37,9 @@ from diffpose.data.skeleton import NUM_JOINTS, flip_permutation
 from diffpose.data.source import Clip, DataError, SourceInfo
 
 SCHEMA_VERSION = 1
+# Smallest 2D kernel std the sampler hands out (normalised units; 0.5 px on a 1000 px frame): some GMM files
+# hold point kernels, and the diffusion divides by sigma.
+SIGMA_FLOOR = 1e-3
 POSES_FILE = "poses.parquet"
 META_FILE = "meta.json"
 
@@ -298,6 +301,7 @@ class Sampler:
         self.device = torch.device(device)
         gmm = torch.from_numpy(store.gmm_2d[:, :, :m].copy())
         gmm[..., 0] /= gmm[..., 0].sum(-1, keepdim=True).clamp_min(1e-12)
+        gmm[..., 3:5].clamp_(min=SIGMA_FLOOR)
         self.gmm_2d = gmm.to(self.device)                                   # (N, J, M, 5)
         self.pose_2d = torch.from_numpy(store.pose_2d).to(self.device)      # (N, J, 2)
         self.pose_3d = torch.from_numpy(store.pose_3d).to(self.device)      # (N, J, 3)
