@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 import torch
 
 from diffpose.data import camera
+from diffpose.data.h36m import action_class
 from diffpose.data.skeleton import NUM_JOINTS, flip_permutation
 from diffpose.data.source import Clip, DataError, SourceInfo
 
@@ -49,8 +50,61 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------------------
-def write_store(info: SourceInfo, clips: list[Clip], out: str | Path, default_val: tuple[str, ...]) -> dict:
+# Held-out training subjects used for validation (model selection) unless a config names others.
+DEFAULT_VAL: dict[str, tuple[str, ...]] = {"h36m": ("S8",), "mpi3dhp": ("S8",), "mocap17": ("cmu08",)}
+
+
+def prepare(
+    dataset: str,
+    root: str | Path,
+    out: str | Path,
+    *,
+    detector: str | None = None,
+    annotation: str = "univ_annot3",
+    seed: int = 0,
+) -> dict:
+    """Read a source with its reader and write its store. For the mocap stand-in the default detector
+    "synth" first synthesises detections and 2D GMMs (seeded) in VideoPose3D's and DiffPose's formats;
+    those files are kept in the store's ``sources/``. Returns the store's meta."""
+    from diffpose.data.detections import SynthConfig, synthesize_files
+    from diffpose.data.h36m import read_h36m
+    from diffpose.data.mocap import read_mocap17
+    from diffpose.data.mpi3dhp import read_mpi3dhp
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(root, "no such directory")
+    if dataset == "h36m":
+        info, clips = read_h36m(root, detector=detector or "cpn_ft_h36m_dbb")
+    elif dataset == "mpi3dhp":
+        info, clips = read_mpi3dhp(root, annotation=annotation)
+    elif dataset == "mocap17":
+        detector = detector or "synth"
+        if detector != "synth":
+            info, clips = read_mocap17(root, detector=detector)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                synth = SynthConfig(seed=seed)
+                log.info("synthesising detections with GMMs (seed %d)", seed)
+                files = synthesize_files(root / "data_2d_cmu_mocap17_gt.npz", tmp, "cmu_mocap17", "synth", synth)
+                info, clips = read_mocap17(root, detector="synth", detections_dir=tmp)
+                info.notes["synth_seed"] = str(seed)
+                info.notes["synth_kernels"] = str(synth.kernels)
+                return write_store(info, clips, out, DEFAULT_VAL[dataset], extra_files=files)
+    else:
+        raise ValueError(f"unknown dataset {dataset!r} (known: h36m, mpi3dhp, mocap17)")
+    return write_store(info, clips, out, DEFAULT_VAL[dataset])
+
+
+def write_store(
+    info: SourceInfo,
+    clips: list[Clip],
+    out: str | Path,
+    default_val: tuple[str, ...],
+    extra_files: tuple[Path, ...] = (),
+) -> dict:
     """Normalise ``clips`` and write the store to ``out`` atomically (a temp dir renamed into place).
+    ``extra_files`` (e.g. synthesised detections) are kept in ``out/sources``.
 
     Returns the meta dict (also written as meta.json).
     """
@@ -84,6 +138,7 @@ def write_store(info: SourceInfo, clips: list[Clip], out: str | Path, default_va
         "has_world_3d": all(c.world_3d is not None for c in clips),
         "fingerprint": content.hexdigest(),
         "source_files": [{"path": str(p), "bytes": os.path.getsize(p)} for p in info.files],
+        "kept_files": [f"sources/{Path(p).name}" for p in extra_files],
         "notes": dict(info.notes),
     }
     unknown_val = set(default_val) - set(info.splits.get("train", ()))
@@ -92,9 +147,14 @@ def write_store(info: SourceInfo, clips: list[Clip], out: str | Path, default_va
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)
     try:
         pq.write_table(table, tmp / POSES_FILE, compression="zstd", row_group_size=1 << 16)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+        if extra_files:
+            (tmp / "sources").mkdir()
+            for p in extra_files:
+                shutil.copy2(p, tmp / "sources" / Path(p).name)
         if out.exists():
             if not (out / META_FILE).exists():
                 raise DataError(out, "exists and is not a store; refusing to overwrite it")
@@ -122,7 +182,7 @@ def _columns(clips: list[Clip], kernels: int, split_of: dict[str, str]) -> dict:
     n = [c.frames for c in clips]
     return {
         "subject": [c.subject for c in clips], "action": [c.action for c in clips], "frames": n,
-        "action_class": [c.action.split(" ")[0] for c in clips],
+        "action_class": [action_class(c.action) for c in clips],
         "split": [split_of.get(c.subject, "none") for c in clips],
         "camera": np.repeat([c.camera for c in clips], n).astype(np.int8),
         "frame": np.concatenate([np.arange(k, dtype=np.int32) for k in n]),

@@ -1,0 +1,22 @@
+"""Shared fixtures: the shipped stand-in prepared once per session, tiny CPU configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+MOCAP_ROOT = Path(os.environ.get("MOCAP_ROOT", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mocap17"))
+
+
+@pytest.fixture(scope="session")
+def mocap_store(tmp_path_factory) -> Path:
+    """The CMU stand-in with synthesised detections, as `diffpose-bench prepare` writes it."""
+    from diffpose.data.store import prepare
+
+    if not (MOCAP_ROOT / "data_3d_cmu_mocap17.npz").exists():
+        pytest.skip(f"the mocap stand-in is not at {MOCAP_ROOT}")
+    out = tmp_path_factory.mktemp("stores") / "mocap17"
+    prepare("mocap17", MOCAP_ROOT, out)
+    return out
