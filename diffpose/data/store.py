@@ -370,6 +370,7 @@ class Sampler:
         self.frame = torch.from_numpy(store.frame.astype(np.int64)).to(self.device)
         self.offsets = torch.arange(frames, device=self.device) - frames // 2
         self.perm = torch.from_numpy(flip_permutation()).to(self.device)
+        self.joints = torch.arange(NUM_JOINTS, device=self.device)
 
     def window_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """(B,) centre rows -> (B, T) rows of the window, clamped to the clip (edge frames repeated)."""
@@ -389,24 +390,24 @@ class Sampler:
         kernel drawn from its GMM weights (else the detection and its heaviest kernel's sigma). ``flip``
         (B,) bool mirrors those samples."""
         rows = rows.to(self.device)
-        win = self.window_rows(rows)                                        # (B, T)
-        gmm = self.gmm_2d[win]                                              # (B, T, J, M, 5)
+        if flip is None:
+            flip = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
+        flip = flip.to(self.device)
+        r = self.window_rows(rows)[:, :, None]                               # (B, T, 1)
+        j = torch.where(flip[:, None], self.perm, self.joints)[:, None, :]   # (B, 1, J): mirrored labels
+        sign = 1.0 - 2.0 * flip.to(self.pose_3d.dtype)[:, None, None]        # (B, 1, 1): x -> -x
+        gmm = self.gmm_2d[r, j]                                              # (B, T, J, M, 5)
+        gmm[..., 1] *= sign[..., None]
+        pose_3d = self.pose_3d[r, j]                                         # (B, T, J, 3)
+        pose_3d[..., 0] *= sign
         if draw_kernels:
             u = torch.rand(gmm.shape[:3] + (1,), generator=generator, device=self.device)
             k = (u > gmm[..., 0].cumsum(-1)).sum(-1, keepdim=True).clamp_max(gmm.shape[3] - 1)  # (B, T, J, 1)
             chosen = torch.gather(gmm, 3, k[..., None].expand(*k.shape, 5)).squeeze(3)           # (B, T, J, 5)
             pose_2d, sigma_2d = chosen[..., 1:3], chosen[..., 3:5]
         else:
-            pose_2d, sigma_2d = self.pose_2d[win], gmm[..., 0, 3:5]
-        pose_3d = self.pose_3d[win]
-        if flip is None:
-            flip = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
-        else:
-            flip = flip.to(self.device)
-            pose_2d = torch.where(flip[:, None, None, None], mirror(pose_2d, self.perm), pose_2d)
-            sigma_2d = torch.where(flip[:, None, None, None], sigma_2d[:, :, self.perm], sigma_2d)
-            gmm = torch.where(flip[:, None, None, None, None], mirror_gmm(gmm, self.perm), gmm)
-            pose_3d = torch.where(flip[:, None, None, None], mirror(pose_3d, self.perm), pose_3d)
+            pose_2d, sigma_2d = self.pose_2d[r, j], gmm[..., 0, 3:5]
+            pose_2d[..., 0] *= sign
         return Batch(pose_2d=pose_2d, sigma_2d=sigma_2d, gmm_2d=gmm, pose_3d=pose_3d, rows=rows, flipped=flip)
 
     def epoch(
