@@ -76,7 +76,7 @@ class Diffusion:
     steps: int = 5                        # K: DDIM steps (denoiser calls) at inference
     hypotheses: int = 1                   # N
     eta: float = 0.0                      # DDIM eta: 0 deterministic, 1 DDPM-like
-    predict: str = "eps"                  # "eps" | "x0"
+    predict: str = "eps"                  # "eps" (whitened noise) | "noise" (sigma * eps, released) | "x0"
     aggregate: str = "mean"               # "mean" | "median" over hypotheses (J-Agg)
     t_start: int = -1                     # step the reverse process starts at; -1 = train_steps - 1
     depth_kernels: int = 1                # kernels of the per-joint depth prior
@@ -212,7 +212,7 @@ class Config:
         need(df.t_start == -1 or 0 <= df.t_start < df.train_steps, "diffusion.t_start",
              f"must be -1 or in [0, {df.train_steps - 1}]")
         need(df.hypotheses >= 1, "diffusion.hypotheses", "must be >= 1")
-        need(df.predict in ("eps", "x0"), "diffusion.predict", "must be 'eps' or 'x0'")
+        need(df.predict in ("eps", "noise", "x0"), "diffusion.predict", "must be 'eps', 'noise' or 'x0'")
         need(df.aggregate in ("mean", "median"), "diffusion.aggregate", "must be 'mean' or 'median'")
         need(df.depth_kernels >= 1, "diffusion.depth_kernels", "must be >= 1")
         need(0.0 <= df.eta <= 1.0, "diffusion.eta", "must be in [0, 1]")
@@ -240,11 +240,11 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "no_context": ("context", "false", {"diffusion.context": False}),
     "no_heatmap_init": ("heatmap_init", "false", {"diffusion.heatmap_init": False}),
     # The released code: start from the encoder's pose at step 12 of 51 (linear betas 1e-4..1e-3), two DDIM
-    # calls, one hypothesis, training noise scaled by the 2D sigma only.
+    # calls, one hypothesis, training noise scaled by the 2D sigma only and predicted as such.
     "refiner": ("mode", "refiner", {
         "diffusion.mode": "refiner", "diffusion.gmm": False, "diffusion.schedule": "linear",
         "diffusion.train_steps": 51, "diffusion.beta_start": 1e-4, "diffusion.beta_end": 1e-3,
-        "diffusion.steps": 2, "diffusion.t_start": 12, "diffusion.hypotheses": 1,
+        "diffusion.steps": 2, "diffusion.t_start": 12, "diffusion.hypotheses": 1, "diffusion.predict": "noise",
     }),
     "graformer": ("baseline", "graformer", {"model.lifter": "graformer"}),
     "semgcn": ("baseline", "semgcn", {"model.lifter": "semgcn"}),
