@@ -1,0 +1,282 @@
+"""`make report`: MLflow (or a results Parquet) -> results store, tables, figures, report.md and report.tex.
+
+Layout of ``out_dir``::
+
+    results.parquet            the results store (one row per trial run; schema version in its metadata)
+    tables/<name>.{tex,md,csv} one file per table and format
+    figures/<name>.{pdf,png}   one file per figure and format
+    report.md                  every table (GitHub Markdown) and links to the figures
+    report.tex                 a standalone document that \\input s the tables and includes the figures
+
+Nothing is re-run: the report is rebuilt from tracked runs alone. Files a previous build wrote under
+``tables/`` and ``figures/`` are removed first, so a table that no longer has runs does not linger.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from reports import figures as figs
+from reports.results import (
+    SCHEMA_VERSION,
+    column,
+    finished_trials,
+    param,
+    parquet_meta,
+    pull_runs,
+    read_parquet,
+    write_parquet,
+)
+from reports.tables import (
+    Table,
+    all_tables,
+    load_published,
+    tex_escape,
+    to_markdown,
+    trial_lifter,
+    variant_rows,
+    write_table,
+)
+
+log = logging.getLogger(__name__)
+
+TABLE_FILES = ("*.tex", "*.md", "*.csv")
+FIGURE_FILES = ("*.pdf", "*.png")
+
+# run row -> local path of its predictions.npz, or None
+ArtifactFinder = Callable[[pd.Series], Path | None]
+
+
+@dataclass
+class ReportSummary:
+    """What a build wrote and what a reader must be told."""
+
+    out_dir: Path
+    parquet: Path | None
+    runs: int = 0                                     # finished trials the tables use
+    paths: list[Path] = field(default_factory=list)   # every file written
+    tables: list[str] = field(default_factory=list)   # table names (file stems)
+    figures: list[str] = field(default_factory=list)  # figure names (file stems)
+    warnings: list[str] = field(default_factory=list)
+    message: str = ""                                 # set when there was nothing to report
+
+    @property
+    def ok(self) -> bool:
+        return self.runs > 0
+
+
+def build_report(tracking_uri: str, experiment: str, out_dir: Path, *, parquet: Path | None = None,
+                 figures: bool = True) -> ReportSummary:
+    """Pull every trial of ``experiment`` from MLflow, save the results store (``parquet``, default
+    ``out_dir/results.parquet``), build tables and (unless ``figures`` is False) figures."""
+    out_dir = Path(out_dir)
+    parquet = Path(parquet) if parquet is not None else out_dir / "results.parquet"
+    frame = pull_runs(tracking_uri, experiment)
+    write_parquet(frame, parquet, experiment=experiment, tracking_uri=tracking_uri)
+    source = f"MLflow experiment '{experiment}' at {tracking_uri}"
+    return _build(frame, out_dir, parquet, source, _mlflow_artifacts(tracking_uri) if figures else None)
+
+
+def build_report_from_parquet(parquet: Path, out_dir: Path, *, figures: bool = True) -> ReportSummary:
+    """The same report from a results store alone (no MLflow); artifacts are read where they are local."""
+    parquet = Path(parquet)
+    frame = read_parquet(parquet)
+    meta = parquet_meta(parquet)
+    source = (f"MLflow experiment '{meta['experiment']}', read from the results store" if "experiment" in meta
+              else "the results store")
+    return _build(frame, Path(out_dir), parquet, source, local_artifact if figures else None)
+
+
+# ---- artifacts ---------------------------------------------------------------------------------------------
+
+def local_artifact(run: pd.Series, name: str = "predictions.npz") -> Path | None:
+    """``<artifact_uri>/<name>`` when the artifact store is a local directory."""
+    uri = run.get("artifact_uri")
+    if not isinstance(uri, str) or not uri:
+        return None
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    elif "://" in uri:
+        return None
+    path = Path(uri) / name
+    return path if path.exists() else None
+
+
+def _mlflow_artifacts(tracking_uri: str) -> ArtifactFinder:
+    scratch = Path(tempfile.mkdtemp(prefix="diffpose-report-"))
+
+    def find(run: pd.Series) -> Path | None:
+        uri = run.get("artifact_uri")
+        if not isinstance(uri, str) or uri.startswith("file://") or "://" not in uri:
+            return local_artifact(run)
+        import mlflow
+
+        try:
+            got = mlflow.artifacts.download_artifacts(run_id=run["run_id"], artifact_path="predictions.npz",
+                                                      dst_path=str(scratch / run["run_id"]),
+                                                      tracking_uri=tracking_uri)
+        except Exception as e:  # noqa: BLE001 - any store error means: this run has no readable predictions
+            log.debug("run %s: no predictions.npz (%s)", run["run_id"], e)
+            return None
+        return Path(got)
+
+    return find
+
+
+# ---- the build ---------------------------------------------------------------------------------------------
+
+def _clean(directory: Path, patterns: tuple[str, ...]) -> None:
+    for pattern in patterns:
+        for path in directory.glob(pattern):
+            path.unlink()
+
+
+def _spread_series(runs: pd.DataFrame, find: ArtifactFinder, warn: list[str]
+                   ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-joint (error, spread) in mm per multi-hypothesis variant, pooled over its seeds."""
+    n = column(runs, param("diffusion.hypotheses")).fillna(1).astype(int)
+    multi = runs[(trial_lifter(runs) == "diffpose") & (n > 1)]
+    if multi.empty:
+        warn.append("no multi-hypothesis (N > 1) runs: no spread-vs-error figure")
+        return {}
+    series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    unreadable = 0
+    datasets = column(multi, param("trial.dataset")).astype(str)
+    for ds in sorted(datasets.unique()):
+        for label, part in variant_rows(multi[datasets == ds], [], "spread"):
+            pairs = []
+            for _, run in part.iterrows():
+                path = find(run)
+                if path is None:
+                    unreadable += 1
+                    continue
+                try:
+                    pairs.append(figs.spread_and_error(path))
+                except (KeyError, ValueError, OSError) as e:
+                    log.warning("run %s: %s", run["run_id"], e)
+                    unreadable += 1
+            if pairs:
+                key = label if datasets.nunique() == 1 else f"{label}, {ds}"
+                series[key] = (np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs]))
+    if unreadable:
+        warn.append(f"{unreadable} multi-hypothesis run{'s' if unreadable > 1 else ''} without a readable "
+                    "predictions.npz holding a spread")
+    if not series:
+        warn.append("no predictions.npz with per-joint spread could be read: no spread-vs-error figure")
+    return series
+
+
+def _plots(runs: pd.DataFrame, find: ArtifactFinder, warn: list[str]) -> list[figs.Plot]:
+    plots = []
+    steps = figs.steps_figure(runs)
+    if steps is None:
+        warn.append("no steps ablation with 2 or more K values: no P1-vs-K figure")
+    else:
+        plots.append(steps)
+    plots += figs.per_action_figures(runs)
+    speed = figs.speed_figures(runs)
+    if not speed:
+        warn.append("no run logged both test_p1 and test_poses_per_second: no accuracy-vs-speed figure")
+    plots += speed
+    spread = figs.spread_figure(_spread_series(runs, find, warn))
+    if spread is not None:
+        plots.append(spread)
+    return plots
+
+
+def _build(frame: pd.DataFrame, out_dir: Path, parquet: Path | None, source: str, find: ArtifactFinder | None
+           ) -> ReportSummary:
+    """Tables, and figures unless ``find`` is None, of the finished trials in ``frame``."""
+    table_dir, figure_dir = out_dir / "tables", out_dir / "figures"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _clean(table_dir, TABLE_FILES)
+    _clean(figure_dir, FIGURE_FILES)
+    summary = ReportSummary(out_dir=out_dir, parquet=parquet)
+    runs, notes = finished_trials(frame)
+    summary.warnings += notes
+    summary.runs = len(runs)
+    tables: list[Table] = []
+    plots: list[figs.Plot] = []
+    if runs.empty:
+        summary.message = (f"No finished trial runs in {source}" + (f" ({'; '.join(notes)})" if notes else "")
+                           + ": no tables or figures were built.")
+        log.warning(summary.message)
+    else:
+        tables, warn = all_tables(runs, load_published())
+        summary.warnings += warn
+        for table in tables:
+            summary.paths += write_table(table, table_dir)
+            summary.tables.append(table.name)
+        plots = _plots(runs, find, summary.warnings) if find is not None else []
+        for plot in plots:
+            summary.paths += figs.save(plot, figure_dir)
+            summary.figures.append(plot.name)
+    for w in summary.warnings:
+        log.warning("report: %s", w)
+    summary.paths += [_write_markdown(out_dir, source, summary, tables, plots),
+                      _write_latex(out_dir, source, summary, tables, plots)]
+    return summary
+
+
+def _header(source: str, summary: ReportSummary) -> str:
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    store = f" Results store: {summary.parquet} (schema {SCHEMA_VERSION})." if summary.parquet else ""
+    return f"Source: {source}.{store} {summary.runs} finished trial runs; built {when}."
+
+
+def _write_markdown(out_dir: Path, source: str, summary: ReportSummary, tables: list[Table],
+                    plots: list[figs.Plot]) -> Path:
+    lines = ["# diffpose-bench report", "", _header(source, summary), ""]
+    if summary.message:
+        lines += [f"**{summary.message}**", ""]
+    if summary.warnings:
+        lines += ["## Warnings", ""] + [f"- {w}" for w in summary.warnings] + [""]
+    if tables:
+        lines += ["## Tables", ""]
+        for t in tables:
+            lines += [to_markdown(t), f"Files: [LaTeX](tables/{t.name}.tex), [CSV](tables/{t.name}.csv)", ""]
+    if plots:
+        lines += ["## Figures", ""]
+        for p in plots:
+            lines += [f"![{p.caption}](figures/{p.name}.png)", "",
+                      f"*{p.caption}* ([PDF](figures/{p.name}.pdf))", ""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _write_latex(out_dir: Path, source: str, summary: ReportSummary, tables: list[Table],
+                 plots: list[figs.Plot]) -> Path:
+    lines = [r"\documentclass[10pt]{article}",
+             r"\usepackage[a4paper,landscape,margin=1.6cm]{geometry}",     # Table-1 layouts: 19 columns
+             r"\usepackage{booktabs}",
+             r"\usepackage{graphicx}",
+             r"\begin{document}",
+             r"\section*{diffpose-bench report}",
+             tex_escape(_header(source, summary)) + r"\par"]
+    if summary.message:
+        lines.append(r"\medskip\noindent\textbf{" + tex_escape(summary.message) + "}")
+    if summary.warnings:
+        lines += [r"\subsection*{Warnings}", r"\begin{itemize}"]
+        lines += [r"\item " + tex_escape(w) for w in summary.warnings] + [r"\end{itemize}"]
+    lines.append(r"\suppressfloats[t]")
+    lines += [rf"\input{{tables/{t.name}}}" for t in tables]
+    if plots:
+        lines.append(r"\clearpage")
+    for p in plots:
+        lines += [r"\begin{figure}[htbp]", r"\centering",
+                  rf"\includegraphics[width=0.9\linewidth,height=0.75\textheight,keepaspectratio]"
+                  rf"{{figures/{p.name}.pdf}}",
+                  rf"\caption{{{tex_escape(p.caption)}}}", rf"\label{{fig:{p.name}}}", r"\end{figure}"]
+    lines += [r"\end{document}", ""]
+    path = out_dir / "report.tex"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

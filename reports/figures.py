@@ -1,0 +1,256 @@
+"""Report figures (seaborn on matplotlib ``Figure`` objects, no pyplot state), saved as PDF and PNG.
+
+- P1 against the diffusion steps K (mean and 95 % CI over seeds),
+- P1 per action, grouped bars per method (mean +- sd over seeds),
+- accuracy against inference speed (poses/s, log scale),
+- per-joint error against per-joint hypothesis spread (the paper's reliability claim, measured).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, ScalarFormatter
+from scipy import stats
+
+from reports.results import column, describe_protocol, metric, param, tag
+from reports.tables import (
+    COMPARISON_AXES,
+    DATASET_NAMES,
+    H36M_ACTIONS,
+    H36M_SHORT,
+    dataset_order,
+    protocol_groups,
+    trial_axis,
+    trial_lifter,
+    variant_rows,
+)
+
+log = logging.getLogger(__name__)
+
+P1_LABEL = "P1 MPJPE (mm)"
+
+
+@dataclass
+class Plot:
+    name: str                        # file stem
+    caption: str
+    figure: Figure
+
+
+@contextmanager
+def _style() -> Iterator[None]:
+    """The house look for every figure: seaborn's whitegrid at paper scale, set only while drawing."""
+    with sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.15):
+        yield
+
+
+def _figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig, np.atleast_1d(fig.subplots(1, ncols, squeeze=False)[0])
+
+
+def save(plot: Plot, directory: Path, dpi: int = 200) -> list[Path]:
+    """``<name>.pdf`` and ``<name>.png`` under ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / f"{plot.name}.pdf", directory / f"{plot.name}.png"]
+    plot.figure.savefig(paths[0])
+    plot.figure.savefig(paths[1], dpi=dpi)
+    log.info("wrote figure %s", plot.name)
+    return paths
+
+
+def _dataset_label(ds: str) -> str:
+    return DATASET_NAMES.get(ds, ds)
+
+
+def _k_ticks(ax, ks: list[int]) -> None:
+    """Log-x when K spans a decade or more; ticks at the measured K values, printed as integers."""
+    if max(ks) / max(min(ks), 1) >= 10:
+        ax.set_xscale("log")
+    ax.set_xticks(ks)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _log_ticks(ax, low: float, high: float) -> None:
+    """Log-x with plain-number labels (1,000 not 10^3): 1-2-5 ticks within two decades, else decades only."""
+    ax.set_xscale("log")
+    subs = (1.0, 2.0, 5.0) if high / max(low, 1e-12) < 100 else (1.0,)
+    ax.xaxis.set_major_locator(LogLocator(base=10.0, subs=subs))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Student-t confidence interval of the mean over seeds: mean -+ t_{(1+level)/2, n-1} s / sqrt(n)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2:
+        return float(v.mean()), float(v.mean())
+    half = stats.t.ppf(0.5 + level / 2.0, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
+    return float(v.mean() - half), float(v.mean() + half)
+
+
+def steps_figure(runs: pd.DataFrame) -> Plot | None:
+    """P1 against K for DiffPose's steps ablation (with full), one panel per dataset and protocol: mean and
+    95 % Student-t confidence interval over seeds."""
+    pool = runs[(trial_lifter(runs) == "diffpose") & trial_axis(runs).isin(["steps", "full"])]
+    panels = []
+    groups = [(p, g) for p, g in protocol_groups(pool) if (trial_axis(g) == "steps").any()]
+    for proto, group in groups:
+        frame = pd.DataFrame({"K": column(group, param("diffusion.steps")),
+                              "P1": column(group, metric("test_p1"))}).dropna()
+        if frame["K"].nunique() >= 2:
+            same = sum(p["dataset"] == proto["dataset"] for p, _ in groups) == 1
+            title = _dataset_label(proto["dataset"]) + ("" if same else f" ({describe_protocol(proto)})")
+            panels.append((title, frame.astype({"K": int, "P1": float})))
+    if not panels:
+        return None
+    with _style():
+        fig, axes = _figure(max(6.0, 4.6 * len(panels)), 3.8, ncols=len(panels))
+        for ax, (title, frame) in zip(axes, panels, strict=True):
+            sns.lineplot(frame, x="K", y="P1", marker="o", errorbar=t_interval, err_style="bars", ax=ax,
+                         color=sns.color_palette()[0], err_kws={"capsize": 3})
+            _k_ticks(ax, sorted(frame["K"].unique()))
+            seeds = frame.groupby("K").size()
+            n = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
+            ax.set_title(f"{title}, {n} seeds per K")
+            ax.set_xlabel("DDIM steps K (denoiser calls)")
+            ax.set_ylabel(P1_LABEL)
+        fig.suptitle("P1 against diffusion steps K (mean and 95% CI over seeds)")
+    return Plot("p1_vs_steps", "DiffPose P1 against the number of diffusion steps K: mean and 95% confidence "
+                "interval over seeds (Student t; wide when there are few seeds).", fig)
+
+
+def per_action_figures(runs: pd.DataFrame) -> list[Plot]:
+    """Grouped bars of P1 per action for the comparison rows (full, baselines, refiner), per protocol."""
+    plots = []
+    chosen = runs[trial_axis(runs).isin(COMPARISON_AXES)]
+    datasets = column(chosen, param("trial.dataset")).astype(str)
+    for ds in dataset_order(datasets.unique()):
+        groups = protocol_groups(chosen[datasets == ds])
+        for i, (_, part) in enumerate(groups):
+            records = []
+            for label, sub in variant_rows(part, [], "figure"):
+                for c in [c for c in sub.columns if c.startswith(metric("test_p1") + ".")]:
+                    action = c[len(metric("test_p1")) + 1:]
+                    for v in sub[c].dropna():
+                        records.append((label, action, float(v)))
+            if not records:
+                continue
+            frame = pd.DataFrame(records, columns=["method", "action", "P1"])
+            if ds == "h36m":
+                order = [H36M_SHORT[a] for a in H36M_ACTIONS if a in set(frame["action"])]
+                frame["action"] = frame["action"].map(lambda a: H36M_SHORT.get(a, a))
+            else:
+                order = sorted(frame["action"].unique())
+            width = min(11.0, 3.0 + 0.3 * len(order) * max(2, frame["method"].nunique()))
+            with _style():
+                fig, (ax,) = _figure(width, 3.8)
+                sns.barplot(frame, x="action", y="P1", hue="method", order=order, errorbar="sd", ax=ax,
+                            capsize=0.15, err_kws={"linewidth": 1.0})
+                ax.set_xlabel("action")
+                ax.set_ylabel(P1_LABEL)
+                if len(order) > 8:
+                    ax.tick_params(axis="x", labelrotation=45)
+                sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1.0), title=None, frameon=False)
+                suffix = f", protocol {i + 1} of {len(groups)}" if len(groups) > 1 else ""
+                ax.set_title(f"{_dataset_label(ds)}: P1 per action (mean ± sd over seeds){suffix}")
+            name = f"per_action_{ds}" + (f"_{i + 1}" if len(groups) > 1 else "")
+            plots.append(Plot(name, f"{_dataset_label(ds)}: P1 per test action (mean and standard deviation "
+                              "over seeds).", fig))
+    return plots
+
+
+def speed_figures(runs: pd.DataFrame) -> list[Plot]:
+    """P1 against inference poses/s (log-x) per variant, one figure per dataset; markers by device type."""
+    plots = []
+    datasets = column(runs, param("trial.dataset")).astype(str)
+    for ds in dataset_order(datasets.unique()):
+        sub = runs[datasets == ds]
+        records = []
+        for label, part in variant_rows(sub, [], "figure"):
+            frame = pd.DataFrame({"speed": column(part, metric("test_poses_per_second")),
+                                  "P1": column(part, metric("test_p1")),
+                                  "device": column(part, tag("device.type")).fillna("unknown")}).dropna()
+            for device, g in frame.groupby("device"):
+                s, p = g["speed"].astype(float), g["P1"].astype(float)
+                records.append((label, device, s.mean(), s.std(ddof=1) if len(g) > 1 else 0.0,
+                                p.mean(), p.std(ddof=1) if len(g) > 1 else 0.0, len(g)))
+        if not records:
+            continue
+        frame = pd.DataFrame(records, columns=["method", "device", "speed", "speed_sd", "P1", "P1_sd", "n"])
+        with _style():
+            fig, (ax,) = _figure(7.4, 4.4)
+            palette = dict(zip(frame["method"].unique(),
+                               sns.color_palette("tab10" if frame["method"].nunique() <= 10 else "husl",
+                                                 frame["method"].nunique()), strict=True))
+            markers = dict(zip(sorted(frame["device"].unique()), "osD^v", strict=False))
+            for r in frame.itertuples():
+                ax.errorbar(r.speed, r.P1, xerr=r.speed_sd, yerr=r.P1_sd, fmt=markers[r.device],
+                            color=palette[r.method], markersize=7, capsize=3, linewidth=1.0,
+                            label=r.method if frame["device"].nunique() == 1 else f"{r.method} ({r.device})")
+            _log_ticks(ax, float(frame["speed"].min()), float(frame["speed"].max()))
+            ax.set_xlabel("inference throughput (poses/s, log scale)")
+            ax.set_ylabel(P1_LABEL)
+            fig.suptitle(f"{_dataset_label(ds)}: accuracy against speed\n(mean ± sd over seeds)")
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        plots.append(Plot(f"speed_{ds}", f"{_dataset_label(ds)}: P1 against inference throughput on the test "
+                          "split; lower-right is better.", fig))
+    return plots
+
+
+def spread_and_error(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Per-joint error and hypothesis spread (mm), root joint excluded, from a ``predictions.npz``.
+
+    error_nj = || (x_nj - x_n0) - (y_nj - y_n0) ||_2 (root-relative, as P1), spread_nj as logged;
+    both flattened to (N * 16,).
+    """
+    with np.load(path, allow_pickle=False) as z:
+        if "spread" not in z.files:
+            raise KeyError(f"{path}: no 'spread' array (a single-hypothesis run)")
+        pose, target, spread = z["pose"], z["target"], z["spread"]    # (N, 17, 3), (N, 17, 3), (N, 17) m
+    rel = (pose - pose[:, :1]) - (target - target[:, :1])                      # (N, 17, 3) m
+    error = np.linalg.norm(rel, axis=-1) * 1000.0                              # (N, 17) mm
+    return error[:, 1:].reshape(-1), spread[:, 1:].reshape(-1) * 1000.0
+
+
+def spread_figure(series: dict[str, tuple[np.ndarray, np.ndarray]], bins: int = 20) -> Plot | None:
+    """Mean per-joint error in equal-count bins of per-joint spread, one line per variant, Pearson r each."""
+    if not series:
+        return None
+    rs = {}
+    with _style():
+        fig, (ax,) = _figure(6.4, 4.2)
+        palette = sns.color_palette("tab10", len(series))
+        for color, (label, (error, spread)) in zip(palette, series.items(), strict=True):
+            r = float(np.corrcoef(spread, error)[0, 1]) if len(error) > 2 else float("nan")
+            rs[label] = r
+            edges = np.unique(np.quantile(spread, np.linspace(0.0, 1.0, bins + 1)))
+            which = np.clip(np.searchsorted(edges, spread, side="right") - 1, 0, len(edges) - 2)
+            count = np.bincount(which, minlength=len(edges) - 1)
+            keep = count > 0
+            x = np.bincount(which, weights=spread, minlength=len(edges) - 1)[keep] / count[keep]
+            y = np.bincount(which, weights=error, minlength=len(edges) - 1)[keep] / count[keep]
+            sq = np.bincount(which, weights=error ** 2, minlength=len(edges) - 1)[keep] / count[keep]
+            sem = np.sqrt(np.maximum(sq - y ** 2, 0.0) / count[keep])
+            ax.errorbar(x, y, yerr=1.96 * sem, fmt="o-", color=color, markersize=4, capsize=2, linewidth=1.2,
+                        label=f"{label}, r = {r:.2f}")
+        ax.set_xlabel("per-joint hypothesis spread (mm)")
+        ax.set_ylabel("mean per-joint error (mm)")
+        title = "Per-joint error against hypothesis spread"
+        if len(rs) == 1:
+            title += f" (Pearson r = {next(iter(rs.values())):.2f})"
+        ax.set_title(title)
+        ax.legend(loc="upper left", frameon=False)
+    return Plot("spread_vs_error", f"Per-joint error against per-joint hypothesis spread ({bins} equal-count "
+                "bins of spread, mean and 95% CI of the error per bin; root joint excluded). Pearson r over "
+                "all joints and test poses.", fig)

@@ -1,0 +1,269 @@
+"""The results store: finished trials pulled from MLflow into one typed DataFrame, saved as Parquet.
+
+One row per trial run. Columns keep MLflow's prefixes so that every name says where it came from:
+``run_id``, ``status``, ``artifact_uri``, ``start_time``, ``end_time``, ``params.<dotted config key>``
+(typed back from MLflow's strings: ints, floats and bools as the config declares them),
+``metrics.<name>`` (float; per-action metrics are ``metrics.test_p1.<Action>``) and ``tags.<name>``.
+The Parquet file carries :data:`SCHEMA_VERSION` in its metadata; reading a file written by another
+version is an error that says how to rebuild it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pandas.errors import Pandas4Warning
+
+from diffpose.config import Config
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+VERSION_KEY = b"diffpose.results.schema_version"
+
+PARAM, METRIC, TAG = "params.", "metrics.", "tags."
+
+# Fields that define an evaluation protocol: rows that differ in one of them never share a ranking silently.
+PROTOCOL_FIELDS = ("dataset", "detector", "frames", "flip_test", "hypotheses", "aggregate")
+
+# Params that identify a run, not its configuration (ignored when checking that a variant's runs agree).
+RUN_IDENTITY_PARAMS = ("train.seed", "trial.seed", "train.device", "train.threads", "train.eval_batch_size",
+                       "data.store")
+
+
+class ResultsError(ValueError):
+    """The results store cannot be read or built: one line saying what and how to fix it."""
+
+
+def param(name: str) -> str:
+    return PARAM + name
+
+
+def metric(name: str) -> str:
+    return METRIC + name
+
+
+def tag(name: str) -> str:
+    return TAG + name
+
+
+# ---- typing MLflow's string params back --------------------------------------------------------------------
+
+def config_types() -> dict[str, type]:
+    """Dotted key -> Python type of every config field, plus the ``trial.*`` keys of the run schema."""
+    types = {k: type(v) for k, v in Config().flatten().items()}
+    types.update({"trial.seed": int, "trial.dataset": str, "trial.detector": str, "trial.variant": str,
+                  "trial.axis": str, "trial.value": str})
+    return types
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low not in ("true", "false"):
+        raise ValueError(f"not a bool: {text!r}")
+    return low == "true"
+
+
+def _typed(values: pd.Series, kind: type) -> pd.Series:
+    """Parse a column of strings (NA allowed) as ``kind``; raises ValueError on the first bad value."""
+    present = values.dropna()
+    if kind is bool:
+        parsed = [_parse_bool(v) for v in present]
+        return pd.Series(pd.array(parsed, dtype="boolean"), index=present.index).reindex(values.index)
+    if kind is int:
+        parsed = [int(v) for v in present]
+        return pd.Series(pd.array(parsed, dtype="Int64"), index=present.index).reindex(values.index)
+    if kind is float:
+        parsed = [float(v) for v in present]
+        return pd.Series(parsed, index=present.index, dtype="float64").reindex(values.index)
+    return values
+
+
+def _guessed(values: pd.Series) -> pd.Series:
+    """A param the config does not declare: the narrowest of bool, int, float, str that parses every value."""
+    for kind in (bool, int, float):
+        try:
+            return _typed(values, kind)
+        except ValueError:
+            continue
+    return values
+
+
+def type_params(frame: pd.DataFrame) -> pd.DataFrame:
+    """``params.*`` columns parsed from MLflow's strings to the config's types (nullable Int64/boolean)."""
+    types = config_types()
+    out = frame.copy()
+    for col in [c for c in frame.columns if c.startswith(PARAM)]:
+        key = col[len(PARAM):]
+        kind = types.get(key)
+        if kind is None:
+            out[col] = _guessed(frame[col])
+            continue
+        try:
+            out[col] = _typed(frame[col], kind)
+        except ValueError as e:
+            log.warning("param %s is declared %s but a run has %s; kept as text", key, kind.__name__, e)
+    return out
+
+
+# ---- pulling from MLflow -----------------------------------------------------------------------------------
+
+def pull_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
+    """Every trial run of ``experiment`` (any status), typed; an empty frame when there are none.
+
+    Suite (parent) runs are dropped: a trial has the tag ``diffpose.role = trial`` (or, when a logger
+    did not set the tag, a ``trial.dataset`` param).
+    """
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        found = mlflow.get_experiment_by_name(experiment)
+        runs = None if found is None else mlflow.search_runs(experiment_ids=[found.experiment_id],
+                                                             output_format="pandas")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    if found is None:
+        log.warning("no experiment %r at %s", experiment, tracking_uri)
+        return pd.DataFrame({"run_id": pd.Series(dtype="str"), "status": pd.Series(dtype="str")})
+    if runs.empty:
+        return pd.DataFrame({"run_id": pd.Series(dtype="str"), "status": pd.Series(dtype="str")})
+    role = runs.get(tag("diffpose.role"), pd.Series(None, index=runs.index, dtype="object"))
+    has_dataset = runs.get(param("trial.dataset"), pd.Series(None, index=runs.index)).notna()
+    trials = runs[(role == "trial") | (role.isna() & has_dataset)]
+    log.info("pulled %d trial runs (%d runs in all) of experiment %r", len(trials), len(runs), experiment)
+    trials = trials.drop(columns=[c for c in ("experiment_id",) if c in trials.columns])
+    return type_params(trials.reset_index(drop=True)).sort_values("run_id", ignore_index=True)
+
+
+# ---- Parquet -----------------------------------------------------------------------------------------------
+
+def write_parquet(frame: pd.DataFrame, path: Path, **meta: str) -> Path:
+    """Write the store with ``schema_version`` (and ``meta``: experiment, tracking_uri) in its metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # pyarrow 25 reads Series.values of tz-aware timestamps (deprecated in pandas 3.1; values stay UTC)
+        warnings.filterwarnings("ignore", category=Pandas4Warning)
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+    extra = {VERSION_KEY: str(SCHEMA_VERSION).encode(),
+             b"diffpose.results.written": dt.datetime.now(dt.UTC).isoformat().encode()}
+    extra.update({f"diffpose.results.{k}".encode(): str(v).encode() for k, v in meta.items()})
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
+    pq.write_table(table, path)
+    log.info("wrote %d runs to %s", len(frame), path)
+    return path
+
+
+def parquet_meta(path: Path) -> dict[str, str]:
+    """The ``diffpose.results.*`` metadata of a store file (keys without the prefix)."""
+    raw = pq.read_schema(path).metadata or {}
+    prefix = b"diffpose.results."
+    return {k[len(prefix):].decode(): v.decode() for k, v in raw.items() if k.startswith(prefix)}
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    """Read a store written by :func:`write_parquet`; a missing or other schema version is an error."""
+    path = Path(path)
+    if not path.exists():
+        raise ResultsError(f"{path}: no such results file (build it with `make report`)")
+    version = parquet_meta(path).get("schema_version")
+    if version != str(SCHEMA_VERSION):
+        raise ResultsError(f"{path}: results schema version {version or 'missing'}, this code reads "
+                           f"{SCHEMA_VERSION}; rebuild it from MLflow with `make report`")
+    return pq.read_table(path).to_pandas()
+
+
+# ---- selecting what the report may use ---------------------------------------------------------------------
+
+def finished_trials(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """FINISHED trials, one run per ``trial.id`` (the latest), with the messages a reader must see.
+
+    Runs that are not FINISHED and runs without a ``trial.dataset`` param are skipped and counted.
+    """
+    notes: list[str] = []
+    if frame.empty:
+        return frame, notes
+    done = frame[frame["status"] == "FINISHED"]
+    others = frame.loc[frame["status"] != "FINISHED", "status"].value_counts().sort_index()
+    if len(others):
+        detail = ", ".join(f"{n} {s}" for s, n in others.items())
+        notes.append(f"skipped {int(others.sum())} runs that are not FINISHED ({detail})")
+    if param("trial.dataset") not in done.columns:
+        if len(done):
+            notes.append(f"skipped {len(done)} FINISHED runs without a trial.dataset param")
+        return done.iloc[0:0], notes
+    no_dataset = done[param("trial.dataset")].isna()
+    if no_dataset.any():
+        notes.append(f"skipped {int(no_dataset.sum())} FINISHED runs without a trial.dataset param")
+        done = done[~no_dataset]
+    if tag("trial.id") in done.columns and len(done):
+        order = done.sort_values("end_time") if "end_time" in done.columns else done
+        keyed = order[tag("trial.id")].notna()
+        dup = order[keyed].duplicated(tag("trial.id"), keep="last")
+        if dup.any():
+            notes.append(f"{int(dup.sum())} FINISHED runs repeat a trial.id; the latest run of each trial "
+                         "is used")
+            done = pd.concat([order[keyed][~dup], order[~keyed]]).sort_values("run_id")
+    return done.reset_index(drop=True), notes
+
+
+def column(frame: pd.DataFrame, name: str, default: Any = None) -> pd.Series:
+    """A column, or a column of ``default`` when no run logged it."""
+    if name in frame.columns:
+        return frame[name]
+    return pd.Series([default] * len(frame), index=frame.index, dtype="object")
+
+
+def actions(frame: pd.DataFrame, stem: str = "test_p1") -> list[str]:
+    """Action class names that have a per-action ``metrics.<stem>.<Action>`` column."""
+    prefix = metric(stem) + "."
+    return sorted(c[len(prefix):] for c in frame.columns if c.startswith(prefix))
+
+
+def protocol(row: pd.Series) -> dict[str, Any]:
+    """The evaluation protocol of a run: dataset, 2D detector, frames T, flip test, and for DiffPose the
+    hypotheses N and (when N > 1) the aggregation. A baseline lifter has no hypotheses (None)."""
+    def get(key: str) -> Any:
+        value = row.get(param(key))
+        return None if value is None or pd.isna(value) else value
+
+    lifter = get("model.lifter") or "diffpose"
+    n = get("diffusion.hypotheses") if lifter == "diffpose" else None
+    n = int(n) if n is not None else (1 if lifter == "diffpose" else None)
+    return {
+        "dataset": get("trial.dataset"),
+        "detector": get("trial.detector"),
+        "frames": int(get("data.frames")) if get("data.frames") is not None else None,
+        "flip_test": bool(get("data.flip_test")) if get("data.flip_test") is not None else None,
+        "hypotheses": n,
+        "aggregate": get("diffusion.aggregate") if n is not None and n > 1 else None,
+    }
+
+
+def describe_protocol(proto: dict[str, Any], fields: tuple[str, ...] = PROTOCOL_FIELDS) -> str:
+    """``2D cpn_ft_h36m_dbb, T=1, no flip test, N=1``: the protocol as a footnote states it."""
+    parts = []
+    for f in fields:
+        v = proto.get(f)
+        if f == "dataset" and v is not None:
+            parts.append(str(v))
+        elif f == "detector" and v is not None:
+            parts.append(f"2D {v}")
+        elif f == "frames" and v is not None:
+            parts.append(f"T={v}")
+        elif f == "flip_test" and v is not None:
+            parts.append("flip test" if v else "no flip test")
+        elif f == "hypotheses" and v is not None:
+            parts.append(f"N={v}")
+        elif f == "aggregate" and v is not None:
+            parts.append(f"{v} of hypotheses")
+    return ", ".join(parts)

@@ -1,0 +1,439 @@
+"""reports/: MLflow runs -> results store -> tables, figures, report.md and report.tex.
+
+One sqlite MLflow store per module holds three experiments built to RUN_SCHEMA.md:
+- "demo": a clean mocap17 suite (full, no_gmm, steps=1/2/5, refiner, hypotheses=5, graformer; seeds 0 and 1),
+  one FAILED and one RUNNING trial, and Human3.6M (CPN) full + graformer runs for the Table-1 layout;
+- "messy": Human3.6M runs that mix protocols (a flip-test run, a 243-frame N=5 run), miss metrics, and a steps
+  variant with one seed;
+- "empty": FAILED runs only.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from scipy import stats
+
+from diffpose.config import Config
+from reports.build import build_report, build_report_from_parquet
+from reports.results import (
+    SCHEMA_VERSION,
+    ResultsError,
+    finished_trials,
+    pull_runs,
+    read_parquet,
+    write_parquet,
+)
+from reports.tables import (
+    H36M_ACTIONS,
+    all_tables,
+    load_published,
+    paired_test,
+    tex_escape,
+    to_latex,
+    to_markdown,
+)
+
+MOCAP_TEST = ("Boxing", "Everyday", "Jumping", "Running", "Swordplay", "Walking")
+MOCAP_OFFSETS = np.array([-3.0, -1.0, 0.0, 1.0, 2.0, 1.0])            # sum 0: per-action mean == test_p1
+H36M_OFFSETS = np.linspace(-7.0, 7.0, 15)
+
+# (variant, axis, value, config overrides, P1 of seed 0 and seed 1) on mocap17
+MOCAP_TRIALS = [
+    ("full", "full", "full", {}, (40.0, 42.0)),
+    ("no_gmm", "gmm", "false", {"diffusion.gmm": False}, (43.0, 44.5)),
+    ("steps=1", "steps", "1", {"diffusion.steps": 1}, (48.0, 49.0)),
+    ("steps=2", "steps", "2", {"diffusion.steps": 2}, (44.0, 45.5)),
+    ("steps=5", "steps", "5", {"diffusion.steps": 5}, (41.0, 42.5)),
+    ("refiner", "mode", "refiner", {"diffusion.mode": "refiner", "diffusion.steps": 2}, (39.0, 41.6)),
+    ("hypotheses=5", "hypotheses", "5", {"diffusion.hypotheses": 5}, (39.5, 42.1)),
+    ("graformer", "baseline", "graformer", {"model.lifter": "graformer"}, (45.0, 46.0)),
+]
+FULL = {"diffusion.steps": 10, "diffusion.hypotheses": 1, "data.flip_test": False, "train.epochs": 20}
+
+
+def _metrics(p1: float, actions: tuple[str, ...], offsets: np.ndarray, config: Config, rng
+             ) -> dict[str, float]:
+    """Plausible final metrics whose per-action means average to ``p1``."""
+    out = {"test_p1": p1, "test_p2": round(0.7 * p1, 3), "test_p1_frames": p1 + 0.3,
+           "test_p2_frames": round(0.7 * p1, 3) + 0.2}
+    for a, off in zip(actions, offsets, strict=True):
+        out[f"test_p1.{a}"] = p1 + float(off)
+        out[f"test_p2.{a}"] = round(0.7 * (p1 + float(off)), 3)
+    diffpose = config.model.lifter == "diffpose"
+    calls = config.diffusion.steps * config.diffusion.hypotheses if diffpose else 0
+    out |= {"params": 1.68e6 if diffpose else 0.65e6, "flops_per_pose": 6.5e6 + calls * 13e6,
+            "train_seconds": 600.0 + 30.0 * rng.random(), "best_epoch": 18.0, "best_val_p1": p1 + 1.0,
+            "test_poses_per_second": 20000.0 / (1 + calls) * (1 + 0.05 * rng.random())}
+    if config.diffusion.hypotheses > 1 and diffpose:
+        out |= {"test_j_best": p1 - 6.0, "test_p_best": 0.7 * p1 - 4.0, "test_spread_error_corr": 0.4}
+    return out
+
+
+def _predictions(path: Path, rng, n: int = 300) -> Path:
+    """A predictions.npz whose per-joint error grows with the per-joint hypothesis spread."""
+    target = rng.normal(0.0, 0.25, (n, 17, 3))
+    spread = rng.uniform(0.005, 0.04, (n, 17))                                  # m
+    pose = target + rng.normal(0.0, 1.0, (n, 17, 3)) * spread[..., None]
+    pose[:, 0] = target[:, 0]
+    np.savez(path, pose=pose, target=target, spread=spread, action=np.array(["Boxing"] * n),
+             subject=np.array(["S1"] * n))
+    return path
+
+
+def _log_trial(client, experiment_id: str, parent: str, *, dataset: str, detector: str, variant: str,
+               axis: str, value: str, seed: int, overrides: dict, metrics: dict | None,
+               status: str = "FINISHED", device: str = "cpu", drop: tuple[str, ...] = (),
+               artifact: Path | None = None) -> str:
+    from mlflow.entities import Metric, Param
+
+    config = Config().override({**FULL, **overrides, "train.seed": seed, "data.store": f"stores/{dataset}"})
+    params = {k: str(v) for k, v in config.flatten().items()}
+    params |= {"trial.dataset": dataset, "trial.detector": detector, "trial.variant": variant,
+               "trial.axis": axis, "trial.value": value, "trial.seed": str(seed)}
+    tags = {"mlflow.parentRunId": parent, "diffpose.role": "trial", "trial.id": config.hash(),
+            "git.commit": "0" * 40, "data.fingerprint": "f" * 16, "device.type": device,
+            "ray.node": "127.0.0.1", "device": "cuda:NVIDIA H100" if device == "cuda" else "cpu"}
+    run = client.create_run(experiment_id, tags=tags, run_name=f"{dataset}-{variant}-s{seed}")
+    now = int(time.time() * 1000)
+    logged = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if k not in drop]
+    logged += [Metric("val_p1", 50.0 - e, now, e) for e in (1, 2)]
+    client.log_batch(run.info.run_id, metrics=logged, params=[Param(k, v) for k, v in params.items()])
+    if artifact is not None:
+        client.log_artifact(run.info.run_id, str(artifact))
+    client.set_terminated(run.info.run_id, status)
+    return run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory) -> str:
+    """A sqlite MLflow store with the experiments "demo", "messy" and "empty"."""
+    from mlflow import MlflowClient
+
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = MlflowClient(uri)
+    rng = np.random.default_rng(0)
+
+    demo = client.create_experiment("demo", artifact_location=str(root / "artifacts"))
+    parent = client.create_run(demo, tags={"diffpose.role": "suite", "suite.name": "demo"}).info.run_id
+    for variant, axis, value, overrides, p1s in MOCAP_TRIALS:
+        config = Config().override({**FULL, **overrides})
+        for seed, p1 in enumerate(p1s):
+            artifact = _predictions(root / "predictions.npz", rng) if axis == "hypotheses" else None
+            _log_trial(client, demo, parent, dataset="mocap17", detector="synth", variant=variant, axis=axis,
+                       value=value, seed=seed, overrides=overrides,
+                       metrics=_metrics(p1, MOCAP_TEST, MOCAP_OFFSETS, config, rng), artifact=artifact)
+    _log_trial(client, demo, parent, dataset="mocap17", detector="synth", variant="steps=20", axis="steps",
+               value="20", seed=0, overrides={"diffusion.steps": 20}, metrics=None, status="FAILED")
+    _log_trial(client, demo, parent, dataset="mocap17", detector="synth", variant="steps=50", axis="steps",
+               value="50", seed=0, overrides={"diffusion.steps": 50}, metrics=None, status="RUNNING")
+    h36m = {"dataset": "h36m", "detector": "cpn_ft_h36m_dbb"}
+    graformer = {"model.lifter": "graformer"}
+    for variant, axis, overrides, p1s in (("full", "full", {}, (55.0, 56.0)),
+                                          ("graformer", "baseline", graformer, (60.0, 61.0))):
+        config = Config().override({**FULL, **overrides})
+        for seed, p1 in enumerate(p1s):
+            _log_trial(client, demo, parent, **h36m, variant=variant, axis=axis,
+                       value=variant, seed=seed, overrides=overrides, device="cuda",
+                       metrics=_metrics(p1, H36M_ACTIONS, H36M_OFFSETS, config, rng))
+    client.set_terminated(parent, "FINISHED")
+
+    messy = client.create_experiment("messy", artifact_location=str(root / "artifacts_messy"))
+    parent = client.create_run(messy, tags={"diffpose.role": "suite"}).info.run_id
+    for seed, p1 in enumerate((55.0, 56.0)):
+        _log_trial(client, messy, parent, **h36m, variant="full", axis="full", value="full", seed=seed,
+                   overrides={}, metrics=_metrics(p1, H36M_ACTIONS, H36M_OFFSETS, Config(), rng))
+    _log_trial(client, messy, parent, **h36m, variant="full", axis="full", value="full", seed=0,
+               overrides={"data.flip_test": True},
+               metrics=_metrics(54.0, H36M_ACTIONS, H36M_OFFSETS, Config(), rng))
+    _log_trial(client, messy, parent, **h36m, variant="graformer", axis="baseline", value="graformer", seed=0,
+               overrides={"model.lifter": "graformer"}, drop=("test_p2", "test_p1.Walking"),
+               metrics=_metrics(60.0, H36M_ACTIONS, H36M_OFFSETS, Config(), rng))
+    video = {"data.frames": 243, "diffusion.hypotheses": 5}
+    _log_trial(client, messy, parent, **h36m, variant="full", axis="full", value="full", seed=0,
+               overrides=video,
+               metrics=_metrics(50.0, H36M_ACTIONS, H36M_OFFSETS, Config().override(video), rng))
+    _log_trial(client, messy, parent, **h36m, variant="steps=5", axis="steps", value="5", seed=0,
+               overrides={"diffusion.steps": 5},
+               metrics=_metrics(57.0, H36M_ACTIONS, H36M_OFFSETS, Config(), rng))
+
+    metrics = {"test_pck": 90.0, "test_auc": 60.0, "test_mpjpe": 70.0, "test_p1": 70.0, "test_p2": 50.0}
+    for seed in (0, 1):
+        _log_trial(client, messy, parent, dataset="mpi3dhp", detector="gt", variant="full", axis="full",
+                   value="full", seed=seed, overrides={}, metrics={k: v + seed for k, v in metrics.items()})
+
+    empty = client.create_experiment("empty", artifact_location=str(root / "artifacts_empty"))
+    parent = client.create_run(empty, tags={"diffpose.role": "suite"}).info.run_id
+    for seed in (0, 1):
+        _log_trial(client, empty, parent, dataset="mocap17", detector="synth", variant="full", axis="full",
+                   value="full", seed=seed, overrides={}, metrics=None, status="FAILED")
+    return uri
+
+
+@pytest.fixture(scope="module")
+def demo_frame(tracking) -> pd.DataFrame:
+    return pull_runs(tracking, "demo")
+
+
+@pytest.fixture(scope="module")
+def demo_tables(demo_frame):
+    runs, _ = finished_trials(demo_frame)
+    tables, warnings = all_tables(runs)
+    return {t.name: t for t in tables}, warnings
+
+
+@pytest.fixture(scope="module")
+def messy_tables(tracking):
+    runs, _ = finished_trials(pull_runs(tracking, "messy"))
+    tables, warnings = all_tables(runs)
+    return {t.name: t for t in tables}, warnings
+
+
+@pytest.fixture(scope="module")
+def demo_report(tracking, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    return build_report(tracking, "demo", out)
+
+
+def _row(table, label, panel=""):
+    rows = [r for r in table.rows if r.label == label and (not panel or r.panel.startswith(panel))]
+    assert len(rows) == 1, [r.label for r in table.rows]
+    return rows[0]
+
+
+# ---- results store -----------------------------------------------------------------------------------------
+
+def test_pull_keeps_trials_only_with_typed_params(demo_frame):
+    assert len(demo_frame) == 2 * len(MOCAP_TRIALS) + 2 + 4          # + FAILED + RUNNING + 4 h36m; no parent
+    assert set(demo_frame["tags.diffpose.role"]) == {"trial"}
+    assert str(demo_frame["params.diffusion.steps"].dtype) == "Int64"
+    assert str(demo_frame["params.data.flip_test"].dtype) == "boolean"
+    assert demo_frame["params.train.lr"].dtype == np.float64
+    assert set(demo_frame["params.trial.value"]) >= {"5", "false", "refiner", "graformer"}   # stays text
+    assert demo_frame["metrics.test_p1.Boxing"].dtype == np.float64
+
+
+def test_parquet_round_trips_with_schema_version(demo_frame, tmp_path):
+    path = write_parquet(demo_frame, tmp_path / "results.parquet", experiment="demo")
+    meta = pq.read_schema(path).metadata
+    assert meta[b"diffpose.results.schema_version"] == str(SCHEMA_VERSION).encode()
+    pd.testing.assert_frame_equal(read_parquet(path), demo_frame)
+
+
+def test_parquet_of_another_schema_version_is_refused(demo_frame, tmp_path):
+    path = tmp_path / "old.parquet"
+    pq.write_table(pq.read_table(write_parquet(demo_frame, path)).replace_schema_metadata({}), path)
+    with pytest.raises(ResultsError, match="schema version missing"):
+        read_parquet(path)
+
+
+def test_unfinished_runs_are_skipped_and_counted(demo_frame):
+    runs, notes = finished_trials(demo_frame)
+    assert len(runs) == 2 * len(MOCAP_TRIALS) + 4
+    assert notes == ["skipped 2 runs that are not FINISHED (1 FAILED, 1 RUNNING)"]
+
+
+# ---- tables ------------------------------------------------------------------------------------------------
+
+def test_comparison_mean_std_and_ranking_hand_computed(demo_tables):
+    table = demo_tables[0]["comparison_mocap17"]
+    full = _row(table, "DiffPose", "Protocol #1")
+    assert full.cells["avg"].mean == pytest.approx(41.0) and full.cells["avg"].std == pytest.approx(2 ** 0.5)
+    assert full.cells["Boxing"].mean == pytest.approx(38.0) and full.cells["n"].text == "2"
+    refiner = _row(table, "DiffPose (refiner)", "Protocol #1")
+    assert refiner.cells["avg"].mean == pytest.approx(40.3) and refiner.cells["avg"].rank == 1
+    assert full.cells["avg"].rank == 2 and _row(table, "GraFormer", "Protocol #1").cells["avg"].rank == 0
+    md, tex = to_markdown(table), to_latex(table)
+    assert "| DiffPose (refiner) | 1 | 2 | **37.3** ± 1.8 |" in md        # Boxing = 40.3 - 3
+    assert "<u>41.0</u> ± 1.4" in md and r"\underline{41.0}{\scriptsize\,$\pm$1.4}" in tex
+    assert r"\textbf{40.3}" in tex
+    headers = [c.header for c in table.columns]
+    assert headers == ["T", "n", *MOCAP_TEST, "Avg"]
+    assert not any(r.section == "Published" for r in table.rows)          # no H36M numbers beside mocap17
+
+
+def test_h36m_table_has_paper_layout_and_same_protocol_published_rows(demo_tables):
+    table = demo_tables[0]["comparison_h36m"]
+    assert [c.header for c in table.columns][2:] == ["Dir", "Disc", "Eat", "Greet", "Phone", "Photo", "Pose",
+                                                     "Pur", "Sit", "SitD", "Smoke", "Wait", "WalkD", "Walk",
+                                                     "WalkT", "Avg"]
+    p1 = {r.label: r for r in table.rows if r.panel.startswith("Protocol #1")}
+    published = {label for label, r in p1.items() if r.section == "Published"}
+    # frame-based runs on CPN: the frame-based CPN rows only (no GT-2D, no SH, no video methods)
+    assert published == {"DiffPose (frame)", "SemGCN (Zhao et al.)", "GraFormer (Zhao et al.)"}
+    assert p1["DiffPose (frame)"].cells["avg"].rank == 1 and p1["DiffPose (frame)"].cells["avg"].mean == 49.7
+    assert p1["GraFormer (Zhao et al.)"].cells["avg"].rank == 2
+    assert p1["DiffPose"].cells["avg"].mean == pytest.approx(55.5) and p1["DiffPose"].cells["avg"].rank == 0
+    assert p1["DiffPose (frame)"].cells["Directions"].mean == 42.8
+    p2 = {r.label: r for r in table.rows if r.panel.startswith("Protocol #2")}
+    assert p2["DiffPose"].cells["avg"].rank == 1 and p2["GraFormer"].cells["avg"].rank == 2
+
+
+def test_oracle_rows_are_shown_apart_and_never_ranked(messy_tables):
+    table = messy_tables[0]["comparison_h36m_3"]                         # T=243, N=5
+    p1 = {r.label: r for r in table.rows if r.panel.startswith("Protocol #1")}
+    assert p1["DiffPose (video)"].cells["avg"].rank == 1                  # 36.9
+    d3dp = p1["D3DP (Shan et al.)"].cells["avg"]
+    assert d3dp.rank == 2 and d3dp.mean == 39.5
+    oracle = p1["D3DP (Shan et al.) (oracle)"]
+    assert oracle.cells["avg"].mean == 35.4 and oracle.cells["avg"].rank == 0 and oracle.section == "Oracle"
+    ours = p1["DiffPose, best of N (oracle)"]
+    assert ours.cells["avg"].mean == pytest.approx(44.0) and not ours.ranked
+    assert "Oracle rows pick" in " ".join(table.notes)
+
+
+def test_ablation_paired_test_equals_scipy(demo_tables):
+    table = demo_tables[0]["ablation_gmm"]
+    row = _row(table, "no_gmm")
+    expected = stats.ttest_rel([43.0, 44.5], [40.0, 42.0]).pvalue
+    assert row.cells["delta"].mean == pytest.approx(2.75)
+    assert row.cells["p"].mean == pytest.approx(expected) and row.cells["pairs"].text == "2"
+    assert row.cells["value"].text == "no" and _row(table, "full").cells["value"].text == "yes"
+    line = "| no_gmm | no | mocap17 | 2 | <u>43.8</u> ± 1.1 | <u>30.6</u> ± 0.7 | +2.8 ± 0.4 | 2 | 0.058 |"
+    assert line in to_markdown(table)
+
+
+def test_steps_and_hypotheses_ablations(demo_tables):
+    steps = demo_tables[0]["ablation_steps"]
+    assert [r.label for r in steps.rows] == ["full", "steps=1", "steps=2", "steps=5"]
+    assert [r.cells["value"].text for r in steps.rows] == ["10", "1", "2", "5"]
+    assert _row(steps, "full").cells["p1"].rank == 1 and _row(steps, "steps=5").cells["p1"].rank == 2
+    hyp = demo_tables[0]["ablation_hypotheses"]
+    assert _row(hyp, "hypotheses=5").cells["j_best"].mean == pytest.approx(40.8 - 6.0)
+    assert _row(hyp, "full").cells["j_best"].mean is None and not hyp.partial
+    assert "J-Best (oracle)" in to_markdown(hyp)
+
+
+def test_paired_test_without_enough_pairs_says_why():
+    one = paired_test(pd.Series({0: 2.0}), pd.Series({0: 1.0, 1: 1.5}))
+    assert one.p is None and one.pairs == 1 and "needs at least 2" in one.reason and one.delta == 1.0
+    flat = paired_test(pd.Series({0: 2.0, 1: 3.0}), pd.Series({0: 1.0, 1: 2.0}))
+    assert flat.p is None and "zero variance" in flat.reason
+
+
+def test_dataset_without_runs_gets_no_table(demo_tables, demo_report):
+    assert not any("mpi3dhp" in name for name in demo_tables[0])
+    assert not list((demo_report.out_dir / "tables").glob("*mpi3dhp*"))
+
+
+def test_missing_metric_marks_table_partial(messy_tables):
+    tables, _ = messy_tables
+    with_baseline = next(t for t in tables.values() if t.name.startswith("comparison_h36m")
+                         and any(r.label == "GraFormer" for r in t.rows))
+    assert "partial: 1 run missing test_p1.Walking, test_p2" in with_baseline.caption
+    cell = _row(with_baseline, "GraFormer", "Protocol #2").cells["avg"]
+    assert cell.mean is None and "| GraFormer | 1 | 1 |" in to_markdown(with_baseline)
+    assert "| GraFormer | 1 | 1 |" in to_markdown(with_baseline) and " – |" in to_markdown(with_baseline)
+
+
+def test_mixed_protocols_are_split_and_said(messy_tables):
+    tables, warnings = messy_tables
+    split = sorted(n for n in tables if n.startswith("comparison_h36m"))
+    assert split == ["comparison_h36m_1", "comparison_h36m_2", "comparison_h36m_3"]
+    assert "protocol 1 of 3 (T=1, no flip test, N=1)" in tables["comparison_h36m_1"].title
+    assert "protocol 2 of 3 (T=1, flip test, N=1)" in tables["comparison_h36m_2"].title
+    video = "protocol 3 of 3 (T=243, no flip test, N=5, mean of hypotheses)"
+    assert video in tables["comparison_h36m_3"].title
+    assert any("3 protocols (they differ in frames, flip_test, hypotheses, aggregate)" in w for w in warnings)
+    assert "2D cpn_ft_h36m_dbb, T=1, flip test" in tables["comparison_h36m_2"].notes[0]
+
+
+def test_mpi3dhp_table_ranks_pck_up_and_mpjpe_down(messy_tables):
+    table = messy_tables[0]["comparison_mpi3dhp"]
+    assert [c.header for c in table.columns][2:] == ["PCK (%) ↑", "AUC (%) ↑", "MPJPE (mm) ↓"]
+    rows = {r.label: r for r in table.rows}
+    assert set(rows) == {"DiffPose (video)", "DiffPose"}      # D3DP is video-based: not beside T=1 runs
+    published, ours = rows["DiffPose (video)"], rows["DiffPose"]
+    assert "†" in published.marks and "‡" in published.marks        # third-party number, input not stated
+    assert published.cells["pck"].mean == 98.0 and published.cells["pck"].rank == 1
+    assert ours.cells["pck"].mean == pytest.approx(90.5) and ours.cells["pck"].rank == 2
+    assert ours.cells["mpjpe"].mean == pytest.approx(70.5) and ours.cells["mpjpe"].rank == 2
+    assert published.cells["mpjpe"].rank == 1 and ours.cells["n"].text == "2"
+
+
+def test_single_seed_ablation_writes_na_with_reason(messy_tables):
+    steps = messy_tables[0]["ablation_steps"]
+    row = next(r for r in steps.rows if r.label == "steps=5")
+    assert row.cells["p"].text == "n/a"
+    assert any("1 paired seed; a paired test needs at least 2" in n for n in steps.notes)
+
+
+def test_published_file_is_complete_and_sourced():
+    pub = load_published()
+    assert pub["source"].str.len().min() > 5 and pub["verified"].dtype == bool
+    assert set(pub["protocol"]) == {"p1", "p2", "pck", "auc", "mpjpe"}
+    frame_cpn = pub[(pub["method"] == "DiffPose (frame)") & (pub["input"] == "cpn")].iloc[0]
+    assert frame_cpn["avg"] == 49.7 and frame_cpn["Directions"] == 42.8 and bool(frame_cpn["verified"])
+    assert pub.loc[pub["oracle"], "avg"].tolist() == [35.4]
+    assert not pub.loc[pub["mark"] == "3P", "verified"].any()
+    full = pub.dropna(subset=list(H36M_ACTIONS))
+    gap = (full[list(H36M_ACTIONS)].mean(axis=1) - full["avg"]).abs()
+    assert (gap[full["note"].fillna("").str.contains("average to") == False] < 0.15).all()  # noqa: E712
+
+
+# ---- the built report --------------------------------------------------------------------------------------
+
+def test_report_writes_tables_figures_and_documents(demo_report):
+    out = demo_report.out_dir
+    assert demo_report.runs == 20 and demo_report.ok
+    assert {"comparison_mocap17", "comparison_h36m", "ablation_gmm", "ablation_steps", "ablation_mode",
+            "ablation_hypotheses", "cost"} == set(demo_report.tables)
+    for name in demo_report.tables:
+        for ext in ("tex", "md", "csv"):
+            assert (out / "tables" / f"{name}.{ext}").stat().st_size > 0
+    assert {"p1_vs_steps", "per_action_h36m", "per_action_mocap17", "speed_h36m", "speed_mocap17",
+            "spread_vs_error"} == set(demo_report.figures)
+    for name in demo_report.figures:
+        assert (out / "figures" / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
+        assert (out / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "report.md").read_text()
+    assert "skipped 2 runs that are not FINISHED" in md and "![" in md and "figures/p1_vs_steps.png" in md
+    csv = pd.read_csv(out / "tables" / "ablation_gmm.csv")
+    row = csv[(csv["row"] == "no_gmm") & (csv["column"] == "P1 (mm) ↓")].iloc[0]
+    assert row["mean"] == pytest.approx(43.75) and row["std"] == pytest.approx(1.5 / 2 ** 0.5)
+    assert row["n"] == 2
+
+
+def test_report_from_parquet_alone_matches(demo_report, tmp_path):
+    again = build_report_from_parquet(demo_report.parquet, tmp_path, figures=False)
+    assert again.tables == demo_report.tables and again.runs == demo_report.runs
+    for name in again.tables:
+        assert (tmp_path / "tables" / f"{name}.md").read_text() == \
+            (demo_report.out_dir / "tables" / f"{name}.md").read_text()
+
+
+def test_no_finished_runs_gives_a_message_and_no_tables(tracking, tmp_path):
+    summary = build_report(tracking, "empty", tmp_path, figures=False)
+    assert summary.runs == 0 and not summary.ok and not summary.tables
+    assert "No finished trial runs" in summary.message and "2 FAILED" in summary.message
+    assert not list((tmp_path / "tables").glob("*"))
+    assert summary.message in (tmp_path / "report.md").read_text()
+    missing = build_report(tracking, "no-such-experiment", tmp_path / "none", figures=False)
+    assert missing.runs == 0 and "No finished trial runs" in missing.message
+
+
+def test_tex_escape_keeps_pdflatex_safe():
+    assert tex_escape("steps=5 & no_gmm 50% #3 <0.001 ± Δ") == \
+        r"steps=5 \& no\_gmm 50\% \#3 \textless{}0.001 $\pm$ $\Delta$"
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None,
+                    reason="pdflatex not installed (apt-get install texlive-latex-recommended)")
+def test_report_tex_compiles_to_a_pdf_with_the_numbers(demo_report):
+    out = demo_report.out_dir
+    done = subprocess.run(["pdflatex", "-halt-on-error", "-interaction=nonstopmode", "report.tex"], cwd=out,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:]
+    pdf = out / "report.pdf"
+    assert pdf.read_bytes()[:4] == b"%PDF"
+    if shutil.which("pdftotext"):
+        text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True).stdout
+        assert "43.8" in text and "49.7" in text and "Ablation: GMM-based forward diffusion" in text
