@@ -20,6 +20,8 @@ STAMP := $(VENV)/.installed
 LOOPBACK := scripts/loopback-ns
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
+MLFLOW_PORT ?= 5000
+
 .PHONY: help setup test lint prepare bench ablate tune report mlflow-ui clean
 
 help: ## List the targets
@@ -46,6 +48,16 @@ prepare: $(STORES)/mocap17/meta.json ## Prepare the store of the shipped mocap s
 
 bench: setup $(STORES)/mocap17/meta.json ## Speed and memory benchmarks -> bench.json
 	$(BIN)/diffpose-bench bench --store $(STORES)/mocap17 --out bench.json
+
+ablate: setup ## Run the ablation suite SUITE (default ablations/demo.toml) on Ray, then the report
+	$(LOOPBACK) $(BIN)/diffpose-bench ablate --suite $(SUITE) --results $(RESULTS)
+
+report: setup ## Rebuild the report of SUITE's experiment from MLflow (no trials run)
+	$(BIN)/diffpose-bench report --suite $(SUITE) --results $(RESULTS)
+
+mlflow-ui: setup ## Serve the MLflow UI of RESULTS on http://127.0.0.1:5000 (MLFLOW_PORT)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
+		--backend-store-uri sqlite:///$(abspath $(RESULTS))/mlflow.db --default-artifact-root $(abspath $(RESULTS))/artifacts
 
 clean: ## Remove stores, results and bench.json (not .venv)
 	rm -rf $(STORES) $(RESULTS) bench.json

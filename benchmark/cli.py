@@ -11,9 +11,10 @@ import json
 import logging
 import sys
 import time
+import tomllib
 from pathlib import Path
 
-from diffpose.config import ConfigError
+from diffpose.config import VARIANTS, Config, ConfigError
 from diffpose.data.source import DataError
 
 EXIT_BAD_INPUT = 2
@@ -35,6 +36,104 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace) -> Config:
+    cfg = Config.from_toml(args.config) if args.config else Config()
+    if args.variant:
+        if args.variant not in VARIANTS:
+            raise ConfigError(f"--variant: unknown variant {args.variant!r} (known: {', '.join(VARIANTS)})")
+        cfg = cfg.override(VARIANTS[args.variant][2], source=f"--variant {args.variant}")
+    changes = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        changes[key.strip()] = _parse_value(value.strip())
+    return cfg.override(changes, source="--set") if changes else cfg
+
+
+def _parse_value(text: str) -> object:
+    """TOML scalar syntax for --set values (true, 3, 1e-3, "x"); anything else is a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from diffpose.train import fit
+
+    cfg = _config(args)
+    out = args.out or Path("results") / "runs" / f"{cfg.model.lifter}-{cfg.hash()[:8]}"
+    result = fit(cfg, out, encoder_cache=args.encoder_cache)
+    print(f"trained {cfg.model.lifter} in {result.seconds / 60:.1f} min: best validation "
+          f"{cfg.train.metric} {result.best_metric:.1f} mm at epoch {result.best_epoch}; {result.best_checkpoint}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from diffpose.train import evaluate, load_checkpoint
+
+    cfg = _config(args) if (args.config or args.set or args.variant) else None
+    if cfg is None:
+        cfg = Config.from_dict(load_checkpoint(args.checkpoint)["config"], source=str(args.checkpoint))
+    result = evaluate(cfg, args.checkpoint, args.split, encoder_cache=args.encoder_cache)
+    text = json.dumps(result, indent=1)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    print(text if not args.out else f"wrote {args.out}: P1 {result['p1']:.1f} mm, P2 {result['p2']:.1f} mm "
+                                    f"over {result['frames']} frames of {', '.join(result['subjects'])}")
+    return 0
+
+
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from benchmark.runner import run_suite
+
+    summary = run_suite(args.suite, args.results, address=args.address, storage=args.storage)
+    if not args.no_report:
+        summary.report_dir = _report(summary.tracking_uri, summary.suite, args.results)
+    print("\n".join(summary.lines()))
+    return 1 if summary.failed else 0
+
+
+def _report(uri: str, experiment: str, results: Path) -> Path:
+    from reports.build import build_report
+
+    out = results / "report" / experiment
+    report = build_report(uri, experiment, out, parquet=results / f"{experiment}.parquet")
+    if not report.ok:
+        print(f"report: {report.message}")
+    for warning in report.warnings:
+        print(f"report: {warning}")
+    return out
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from benchmark.suite import load_suite
+    from benchmark.tracking import tracking_uri
+
+    experiment = args.experiment or load_suite(args.suite, check_data=False).name
+    out = _report(tracking_uri(args.results, args.tracking_uri), experiment, args.results)
+    print(f"report written to {out}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from benchmark.speed import run_bench, summary_lines
+
+    result = run_bench(args.store, args.out, threads=args.threads, quick=args.quick)
+    print("\n".join(summary_lines(result)))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="a TOML config (default: the built-in defaults)")
+    p.add_argument("--variant", help="a named variant applied on top: " + ", ".join(VARIANTS))
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.lr=1e-3")
+    p.add_argument("--encoder-cache", type=Path, default=None, help="where context encoders are cached")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="diffpose-bench", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -51,19 +150,52 @@ def build_parser() -> argparse.ArgumentParser:
                       help="mpi3dhp: which 3D annotation the files hold (recorded in the store)")
     prep.add_argument("--seed", type=int, default=0, help="mocap17: seed of the detection synthesiser")
     prep.set_defaults(func=_cmd_prepare)
+
+    tr = sub.add_parser("train", help="train one lifter (one loop for all of them)")
+    _config_args(tr)
+    tr.add_argument("--out", type=Path, help="output directory (checkpoints; resumes if it holds one)")
+    tr.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("evaluate", help="evaluate a checkpoint: per-action P1/P2 (PCK/AUC on 3DHP) as JSON")
+    ev.add_argument("checkpoint", type=Path)
+    _config_args(ev)
+    ev.add_argument("--split", choices=["test", "val"], default="test")
+    ev.add_argument("--out", type=Path, help="write the JSON here (default: print it)")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    ab = sub.add_parser("ablate", help="run an ablation suite on Ray Tune, tracked in MLflow, then the report")
+    ab.add_argument("--suite", type=Path, default=Path("ablations/demo.toml"))
+    ab.add_argument("--results", type=Path, default=Path("results"))
+    ab.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    ab.add_argument("--storage", help="Ray Tune storage: a shared path or s3://... (default: RESULTS/ray)")
+    ab.add_argument("--no-report", action="store_true")
+    ab.set_defaults(func=_cmd_ablate)
+
+    rp = sub.add_parser("report", help="rebuild the report of a suite from MLflow, without running trials")
+    rp.add_argument("--suite", type=Path, default=Path("ablations/demo.toml"), help="the suite whose report to build")
+    rp.add_argument("--experiment", help="the MLflow experiment (default: the suite's name)")
+    rp.add_argument("--results", type=Path, default=Path("results"))
+    rp.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else RESULTS/mlflow.db")
+    rp.set_defaults(func=_cmd_report)
+
+    be = sub.add_parser("bench", help="speed and memory benchmarks -> JSON")
+    be.add_argument("--store", type=Path, default=Path("stores/mocap17"))
+    be.add_argument("--out", type=Path, default=Path("bench.json"))
+    be.add_argument("--threads", type=int, default=0, help="torch threads (default: all CPUs)")
+    be.add_argument("--quick", action="store_true", help="fewer repeats")
+    be.set_defaults(func=_cmd_bench)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmark.suite import SuiteError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
         return args.func(args)
-    except (DataError, ConfigError) as e:
+    except (DataError, ConfigError, SuiteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-
-def _print_json(obj: object) -> None:
-    print(json.dumps(obj, indent=1, sort_keys=True))

@@ -76,7 +76,10 @@ class Diffusion:
     steps: int = 5                        # K: DDIM steps (denoiser calls) at inference
     hypotheses: int = 1                   # N
     eta: float = 0.0                      # DDIM eta: 0 deterministic, 1 DDPM-like
-    predict: str = "eps"                  # "eps" (whitened noise) | "noise" (sigma * eps, released) | "x0"
+    # What the denoiser predicts: "x0" (default: well conditioned when abar_T ~ 0, where recovering x0 from a
+    # predicted eps divides by sqrt(abar_T) ~ 5e-5 on the cosine schedule), "eps" (whitened noise) or
+    # "noise" (sigma * eps, the released code's target).
+    predict: str = "x0"
     aggregate: str = "mean"               # "mean" | "median" over hypotheses (J-Agg)
     t_start: int = -1                     # step the reverse process starts at; -1 = train_steps - 1
     depth_kernels: int = 1                # kernels of the per-joint depth prior
@@ -253,6 +256,9 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
 
 # Axes whose values a suite lists ("steps = [1, 2, 5]"): each value is a variant of "full".
 AXES: dict[str, str] = {"steps": "diffusion.steps", "kernels": "data.kernels", "hypotheses": "diffusion.hypotheses"}
+# Axes that change only inference: their trials evaluate full's trained weights (selected with full's own
+# inference settings on the validation set), so each K or N is compared on the same model.
+INFERENCE_AXES: frozenset[str] = frozenset({"steps", "hypotheses"})
 
 
 _SECTIONS = {"data": Data, "model": Model, "encoder": Encoder, "diffusion": Diffusion, "train": Train}

@@ -42,7 +42,7 @@ def test_round_trip_normalises_2d_and_makes_3d_root_relative(store):
     assert len(s) == 12 + 12 + 7 + 9
     assert s.meta["rows_per_split"] == {"train": 31, "test": 9}
     c = clips[1]
-    rows = np.flatnonzero((s.camera == 1))
+    rows = np.flatnonzero(s.camera == 1)
     assert s.subjects[s.subject[rows[0]]] == "A" and s.actions[s.action[rows[0]]] == "Walk 1"
     # VideoPose3D normalisation: u / w * 2 - 1, v / w * 2 - h / w (w = h = 1000 here)
     np.testing.assert_allclose(s.pose_2d[rows], c.pose_2d / 500.0 - 1.0, rtol=1e-6, atol=1e-6)

@@ -1,0 +1,198 @@
+"""Runs a suite on Ray Tune: stages, resources, storage, failures, resuming, the summary.
+
+Stage 1 trains what others depend on or nothing depends on (the shared context encoders and the baselines);
+stage 2 the DiffPose variants, which load the cached encoders; stage 3 evaluates the inference-only axis values
+(K steps, N hypotheses) on the weights stage 2 trained. A trial is identified by the hash of its
+resolved config; trials FINISHED in MLflow are skipped, so running the suite again after an interruption
+runs only what is missing, and interrupted trials resume from their last epoch checkpoint.
+
+Multi-node clusters need ``results_dir`` on storage every node sees (e.g. NFS): trial checkpoints and the
+encoder cache live there. Tune's own state goes to ``storage`` (a path or ``s3://...``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from benchmark import tracking
+from benchmark.suite import Suite, Trial, load_suite
+from benchmark.trial import run_trial
+from diffpose.data.store import PoseStore, prepare
+from diffpose.lifters import encoder_ready
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SuiteSummary:
+    suite: str
+    trials: int
+    done: int
+    skipped: int
+    failed: list[str]
+    wall_seconds: float
+    trial_seconds: float
+    slots: int
+    tracking_uri: str
+    experiment_id: str
+    results_dir: Path
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    report_dir: Path | None = None
+
+    @property
+    def efficiency(self) -> float:
+        """Sum of trial times / (wall time x slots) over the scheduled stages."""
+        busy = sum(self.stage_seconds.values())
+        return self.trial_seconds / (busy * self.slots) if busy and self.slots else float("nan")
+
+    def lines(self) -> list[str]:
+        out = [f"suite {self.suite}: {self.done} trials done, {self.skipped} already finished, "
+               f"{len(self.failed)} failed, of {self.trials}; wall time {self.wall_seconds / 60:.1f} min",
+               f"  scheduling efficiency {self.efficiency:.2f} (trial time {self.trial_seconds:.0f} s over "
+               f"{self.slots} slots x {sum(self.stage_seconds.values()):.0f} s of stages)",
+               f"  MLflow: {self.tracking_uri} (experiment {self.experiment_id}); results in {self.results_dir}"]
+        if self.report_dir is not None:
+            out.append(f"  report: {self.report_dir}")
+        out += [f"  FAILED: {name}" for name in self.failed]
+        return out
+
+
+def prepare_stores(suite: Suite) -> None:
+    """Prepare every dataset store the suite names that does not exist yet (in the driver, once)."""
+    for ds in suite.datasets.values():
+        if not (ds.store / "meta.json").exists():
+            assert ds.prepare is not None  # load_suite checked this
+            log.info("preparing the %s store at %s", ds.key, ds.store)
+            p = ds.prepare
+            prepare(p["dataset"], p["root"], ds.store, detector=p.get("detector"),
+                    annotation=p.get("annotation", "univ_annot3"), seed=p.get("seed", 0))
+
+
+def _resources(suite: Suite) -> tuple[dict[str, float], int]:
+    """Per-trial resources (GPU fractions only when the cluster has GPUs) and the number of trial slots."""
+    cluster = ray.cluster_resources()
+    cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
+    res = {"cpu": suite.cpu}
+    slots = int(cpus // suite.cpu)
+    if gpus > 0 and suite.gpu > 0:
+        res["gpu"] = suite.gpu
+        slots = min(slots, int(gpus // suite.gpu))
+    log.info("cluster: %.0f CPUs, %.0f GPUs -> %s per trial, %d slots", cpus, gpus, res, slots)
+    return res, max(slots, 1)
+
+
+def _init_ray(address: str | None) -> None:
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True)
+
+
+def _run_stage(name: str, trials: list[Trial], ctx: dict[str, Any], suite: Suite, res: dict[str, float],
+               storage: str, verbose: int) -> tuple[list[str], float, float]:
+    """One Tuner over ``trials``; returns (failed trial names, sum of trial seconds, wall seconds)."""
+    if not trials:
+        return [], 0.0, 0.0
+    specs = {f"{t.name}#{t.id[:6]}": {"trial": t.to_dict(), "context": ctx} for t in trials}
+
+    def trainable(config: dict[str, Any]) -> None:
+        run_trial(specs[config["trial"]])
+
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, res),
+        param_space={"trial": tune.grid_search(list(specs))},
+        tune_config=tune.TuneConfig(reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=f"{suite.name}-{name}-{int(time.time())}", storage_path=storage, verbose=verbose,
+            failure_config=tune.FailureConfig(max_failures=suite.max_failures),
+        ),
+    )
+    t0 = time.perf_counter()
+    grid = tuner.fit()
+    wall = time.perf_counter() - t0
+    failed, busy = [], 0.0
+    for result in grid:
+        trial_name = result.config["trial"] if result.config else "?"
+        if result.error is not None:
+            failed.append(trial_name)
+        busy += float((result.metrics or {}).get("time_total_s", 0.0))
+    return failed, busy, wall
+
+
+def run_suite(
+    suite_path: str | Path,
+    results_dir: str | Path = "results",
+    *,
+    address: str | None = None,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    verbose: int = 1,
+) -> SuiteSummary:
+    """Run (or resume) a suite: validate it, prepare missing stores, schedule the missing trials on Ray Tune,
+    log them to MLflow. The report is built by the caller (``reports``)."""
+    t_start = time.perf_counter()
+    suite = load_suite(suite_path)
+    results = Path(results_dir).resolve()
+    results.mkdir(parents=True, exist_ok=True)
+    trials = suite.trials()
+    encoders = suite.encoder_trials(trials)
+
+    prepare_stores(suite)
+    uri = tracking.tracking_uri(results, tracking_uri)
+    client = MlflowClient(uri)
+    local = uri.startswith("sqlite:") or uri.startswith("file:")
+    experiment_id = tracking.ensure_experiment(client, suite.name, results / "artifacts" if local else None)
+    finished = tracking.finished_trials(client, experiment_id)
+    commit = tracking.git_commit()
+    parent = tracking.start_suite_run(client, experiment_id, suite, commit)
+    cache = results / "encoders"
+    ctx = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent,
+           "results_dir": str(results), "encoder_cache": str(cache), "git_commit": commit}
+
+    fingerprints = {k: PoseStore.open(ds.store).meta["fingerprint"] for k, ds in suite.datasets.items()}
+    todo_encoders = [e for e in encoders
+                     if e.id not in finished and not encoder_ready(e.config, fingerprints[e.dataset], cache)]
+    todo = [t for t in trials if t.id not in finished]
+    first = todo_encoders + [t for t in todo if t.config.model.lifter != "diffpose"]
+    second = [t for t in todo if t.config.model.lifter == "diffpose" and not t.eval_only]
+    third = [t for t in todo if t.eval_only]
+    skipped = len(trials) - len(todo)
+    log.info("suite %s: %d trials (%d already finished), %d context encoders to train", suite.name,
+             len(trials), skipped, len(todo_encoders))
+
+    _init_ray(address)
+    res, slots = _resources(suite)
+    storage = storage or str(results / "ray")
+    failed: list[str] = []
+    summary = SuiteSummary(suite=suite.name, trials=len(trials), done=0, skipped=skipped, failed=failed,
+                           wall_seconds=0.0, trial_seconds=0.0, slots=slots, tracking_uri=uri,
+                           experiment_id=experiment_id, results_dir=results)
+    try:
+        for stage, items in (("stage1", first), ("stage2", second), ("stage3", third)):
+            f, busy, wall = _run_stage(stage, items, ctx, suite, res, storage, verbose)
+            failed += f
+            summary.trial_seconds += busy
+            summary.stage_seconds[stage] = wall
+    finally:
+        done_now = tracking.finished_trials(client, experiment_id)
+        summary.done = sum(1 for t in trials if t.id in done_now) - skipped
+        summary.wall_seconds = time.perf_counter() - t_start
+        for key, value in (("trials_done", summary.done), ("trials_failed", len(failed)),
+                           ("wall_seconds", summary.wall_seconds), ("scheduling_efficiency", summary.efficiency)):
+            if not math.isnan(value):
+                client.log_metric(parent, key, float(value))
+        client.set_terminated(parent, status="FAILED" if failed else "FINISHED")
+    return summary

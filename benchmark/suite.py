@@ -1,0 +1,292 @@
+"""Ablation suites as data: load and validate ``ablations/*.toml``, expand them into trials.
+
+A suite names the datasets (each a prepared store, or how to prepare it), the base config, the variants
+(named presets of ``diffpose.config.VARIANTS``), axes of values (``steps = [1, 2, 5]``), seeds, per-trial
+resources and the failure budget. Everything is checked before anything is scheduled: an unknown key, a
+wrong type, an unknown lifter or variant, or missing data raises :class:`SuiteError`, one line naming the
+file and the key.
+
+Example::
+
+    [suite]
+    name = "demo"
+    datasets = ["mocap17"]
+    variants = ["full", "no_gmm", "refiner", "graformer"]
+    seeds = [0, 1]
+
+    [axes]
+    steps = [1, 2, 10]
+
+    [resources]
+    cpu = 1
+    gpu = 0.25            # used when the cluster has GPUs
+
+    [datasets.mocap17]
+    store = "stores/mocap17"
+    prepare = { dataset = "mocap17", root = "../shared/data/mocap17" }
+
+    [base]                # config overrides for every trial
+    train.epochs = 4
+
+    [variant.graformer]   # overrides for one variant, on top of base
+    train.lr = 2e-3
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffpose.config import AXES, INFERENCE_AXES, VARIANTS, Config, ConfigError
+from diffpose.lifters import needs_encoder
+
+
+class SuiteError(ValueError):
+    """A suite file is invalid; one line naming the file and the key."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    key: str
+    store: Path                       # absolute
+    prepare: dict[str, Any] | None    # {"dataset": ..., "root": ..., "detector": ..., "seed": ...}
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One (dataset, variant, seed): its resolved config and where it sits in the ablation."""
+
+    dataset: str
+    variant: str
+    axis: str
+    value: str
+    seed: int
+    config: Config                    # what is trained (and validated)
+    stage: str = "trial"              # "encoder": a shared context encoder; "trial": everything else
+    eval_overrides: dict[str, Any] = field(default_factory=dict)  # inference-only changes for the test
+
+    @property
+    def id(self) -> str:
+        """A trial's identity: a hash of its resolved config (the seed included), its inference-only
+        overrides and its stage."""
+        blob = json.dumps({"config": self.config.to_dict(), "eval": self.eval_overrides, "stage": self.stage},
+                          sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def eval_config(self) -> Config:
+        """The config the test split is evaluated with."""
+        return self.config.override(self.eval_overrides) if self.eval_overrides else self.config
+
+    @property
+    def eval_only(self) -> bool:
+        """Evaluates weights another trial trains (an inference-only axis value)."""
+        return bool(self.eval_overrides)
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}/{self.variant}/seed{self.seed}"
+
+    def params(self) -> dict[str, Any]:
+        """The MLflow params: the flattened config and the trial's place in the suite."""
+        return {**self.eval_config.flatten(), "trial.dataset": self.dataset, "trial.variant": self.variant,
+                "trial.axis": self.axis, "trial.value": self.value, "trial.seed": self.seed,
+                "trial.stage": self.stage}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "variant": self.variant, "axis": self.axis, "value": self.value,
+                "seed": self.seed, "stage": self.stage, "config": self.config.to_dict(),
+                "eval_overrides": self.eval_overrides}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Trial:
+        return cls(dataset=d["dataset"], variant=d["variant"], axis=d["axis"], value=d["value"], seed=d["seed"],
+                   stage=d["stage"], config=Config.from_dict(d["config"]), eval_overrides=d["eval_overrides"])
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    file: Path
+    description: str
+    datasets: dict[str, DatasetSpec]
+    variants: tuple[str, ...]
+    axes: dict[str, tuple[int, ...]]
+    seeds: tuple[int, ...]
+    base: dict[str, Any]
+    variant_overrides: dict[str, dict[str, Any]]
+    cpu: float
+    gpu: float
+    max_failures: int
+
+    def trials(self) -> list[Trial]:
+        """Every trial of the suite, without duplicates (an axis value equal to full's is full itself)."""
+        out: dict[str, Trial] = {}
+        for key, ds in self.datasets.items():
+            for seed in self.seeds:
+                full = self._config(ds, "full", {}, seed)
+                for variant in self.variants:
+                    axis, value, overrides = VARIANTS[variant]
+                    cfg = self._config(ds, variant, overrides, seed)
+                    t = Trial(dataset=key, variant=variant, axis=axis, value=value, seed=seed, config=cfg)
+                    out.setdefault(t.id, t)
+                for axis, values in self.axes.items():
+                    key_ = AXES[axis]
+                    for x in values:
+                        name = f"{axis}={x}"
+                        if axis in INFERENCE_AXES:
+                            if full.flatten()[key_] == x:
+                                continue  # that is full itself
+                            full.override({key_: x}, source=f"{self.file}: axes.{axis}")  # validates x
+                            t = Trial(dataset=key, variant=name, axis=axis, value=str(x), seed=seed, config=full,
+                                      eval_overrides={key_: x})
+                        else:
+                            cfg = self._config(ds, name, {key_: x}, seed)
+                            t = Trial(dataset=key, variant=name, axis=axis, value=str(x), seed=seed, config=cfg)
+                        out.setdefault(t.id, t)  # the first name wins: "full" over "kernels=3"
+        return list(out.values())
+
+    def encoder_trials(self, trials: list[Trial]) -> list[Trial]:
+        """The distinct context encoders the DiffPose trials need: trained once each, in a first stage."""
+        out: dict[str, Trial] = {}
+        for t in trials:
+            if needs_encoder(t.config) and not t.eval_only:
+                enc = t.config.encoder_config()
+                trial = Trial(dataset=t.dataset, variant=f"encoder:{enc.model.lifter}", axis="encoder",
+                              value=enc.model.lifter, seed=t.seed, config=enc, stage="encoder")
+                out.setdefault(trial.id, trial)
+        return list(out.values())
+
+    def _config(self, ds: DatasetSpec, variant: str, overrides: dict[str, Any], seed: int) -> Config:
+        where = f"{self.file}: variant {variant!r} on dataset {ds.key!r}"
+        try:
+            cfg = Config().override({**self.base, **ds.overrides}, source=str(self.file))
+            cfg = cfg.override({**overrides, **self.variant_overrides.get(variant.split("=")[0], {})}, source=where)
+            return cfg.override({"data.store": str(ds.store), "train.seed": seed,
+                                 "train.threads": max(1, int(self.cpu))}, source=where)
+        except ConfigError as e:
+            raise SuiteError(str(e)) from None
+
+
+_SUITE_KEYS = {"name", "description", "datasets", "variants", "seeds", "max_failures"}
+_TOP_KEYS = {"suite", "axes", "resources", "datasets", "base", "variant"}
+
+
+def load_suite(path: str | Path, *, check_data: bool = True) -> Suite:
+    """Read and validate a suite file. With ``check_data``, every dataset's store must exist or be
+    preparable from an existing root."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SuiteError(f"{path}: no such suite file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SuiteError(f"{path}: not valid TOML ({e})") from None
+
+    def fail(key: str, msg: str) -> SuiteError:
+        return SuiteError(f"{path}: {key}: {msg}")
+
+    for key in raw:
+        if key not in _TOP_KEYS:
+            raise fail(key, f"unknown table (known: {', '.join(sorted(_TOP_KEYS))})")
+    head = _table(raw, "suite", fail)
+    for key in head:
+        if key not in _SUITE_KEYS:
+            raise fail(f"suite.{key}", f"unknown key (known: {', '.join(sorted(_SUITE_KEYS))})")
+    name = _typed(head.get("name", path.stem), str, "suite.name", fail)
+    variants = tuple(_typed_list(head.get("variants", []), str, "suite.variants", fail))
+    for v in variants:
+        if v not in VARIANTS:
+            raise fail("suite.variants", f"unknown variant {v!r} (known: {', '.join(VARIANTS)})")
+    seeds = tuple(_typed_list(head.get("seeds", [0]), int, "suite.seeds", fail))
+    if not seeds:
+        raise fail("suite.seeds", "needs at least one seed")
+    axes = {}
+    for axis, values in _table(raw, "axes", fail).items():
+        if axis not in AXES:
+            raise fail(f"axes.{axis}", f"unknown axis (known: {', '.join(AXES)})")
+        axes[axis] = tuple(_typed_list(values, int, f"axes.{axis}", fail))
+    if not variants and not axes:
+        raise fail("suite.variants", "the suite has no variants and no axes: nothing to run")
+    res = _table(raw, "resources", fail)
+    for key in res:
+        if key not in ("cpu", "gpu"):
+            raise fail(f"resources.{key}", "unknown key (known: cpu, gpu)")
+    cpu = float(_typed(res.get("cpu", 1), (int, float), "resources.cpu", fail))
+    gpu = float(_typed(res.get("gpu", 0), (int, float), "resources.gpu", fail))
+    if cpu <= 0 or not 0 <= gpu <= 8:
+        raise fail("resources", "cpu must be > 0 and gpu in [0, 8] (a fraction shares one GPU)")
+
+    datasets = {}
+    ds_tables = _table(raw, "datasets", fail)
+    for key in _typed_list(head.get("datasets", list(ds_tables)), str, "suite.datasets", fail):
+        if key not in ds_tables:
+            raise fail("suite.datasets", f"dataset {key!r} has no [datasets.{key}] table")
+        datasets[key] = _dataset(key, ds_tables[key], path, fail, check_data)
+    if not datasets:
+        raise fail("suite.datasets", "names no dataset")
+
+    variant_overrides = _table(raw, "variant", fail)
+    for v in variant_overrides:
+        if v not in VARIANTS and v not in axes:
+            raise fail(f"variant.{v}", "overrides for a variant the suite does not know")
+    suite = Suite(
+        name=name, file=path, description=str(head.get("description", "")), datasets=datasets,
+        variants=variants, axes=axes, seeds=seeds, base=_table(raw, "base", fail),
+        variant_overrides=variant_overrides, cpu=cpu, gpu=gpu,
+        max_failures=_typed(head.get("max_failures", 2), int, "suite.max_failures", fail),
+    )
+    suite.trials()  # every config validates now, before anything starts
+    return suite
+
+
+def _dataset(key: str, t: Any, path: Path, fail: Any, check_data: bool) -> DatasetSpec:
+    if not isinstance(t, dict):
+        raise fail(f"datasets.{key}", "must be a table")
+    for k in t:
+        if k not in ("store", "prepare", "set"):
+            raise fail(f"datasets.{key}.{k}", "unknown key (known: store, prepare, set)")
+    store = Path(_typed(t.get("store", f"stores/{key}"), str, f"datasets.{key}.store", fail)).resolve()
+    prep = t.get("prepare")
+    if prep is not None:
+        if not isinstance(prep, dict):
+            raise fail(f"datasets.{key}.prepare", "must be a table like {dataset = ..., root = ...}")
+        for k in prep:
+            if k not in ("dataset", "root", "detector", "annotation", "seed"):
+                raise fail(f"datasets.{key}.prepare.{k}", "unknown key")
+        if prep.get("dataset") not in ("h36m", "mpi3dhp", "mocap17"):
+            raise fail(f"datasets.{key}.prepare.dataset", "must be h36m, mpi3dhp or mocap17")
+        root = _typed(prep.get("root"), str, f"datasets.{key}.prepare.root", fail)
+        prep = {**prep, "root": str(Path(root).resolve())}
+    if check_data and not (store / "meta.json").exists():
+        if prep is None:
+            raise fail(f"datasets.{key}.store", f"no store at {store} and no prepare table to make it")
+        if not Path(prep["root"]).is_dir():
+            raise fail(f"datasets.{key}.prepare.root", f"no such directory {prep['root']} (the source data)")
+    return DatasetSpec(key=key, store=store, prepare=prep, overrides=_typed(t.get("set", {}), dict,
+                                                                          f"datasets.{key}.set", fail))
+
+
+def _table(raw: dict, key: str, fail: Any) -> dict:
+    t = raw.get(key, {})
+    if not isinstance(t, dict):
+        raise fail(key, "must be a table")
+    return t
+
+
+def _typed(value: Any, kind: type | tuple[type, ...], key: str, fail: Any) -> Any:
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        name = kind.__name__ if isinstance(kind, type) else "number"
+        raise fail(key, f"must be {name}, got {value!r}")
+    return value
+
+
+def _typed_list(value: Any, kind: type, key: str, fail: Any) -> list:
+    if not isinstance(value, list):
+        raise fail(key, f"must be a list, got {value!r}")
+    return [_typed(v, kind, key, fail) for v in value]

@@ -1,0 +1,137 @@
+"""MLflow tracking: one experiment per suite, a parent run per invocation, one child run per trial.
+
+A trial's run is found again by its ``trial.id`` tag, so a retried or resumed trial logs into the same run
+and a finished trial is never logged twice. Everything goes through ``MlflowClient`` with explicit run ids
+(no global active run), which is safe in Ray workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from benchmark.suite import Suite, Trial
+
+log = logging.getLogger(__name__)
+
+ROLE = "diffpose.role"
+
+
+def tracking_uri(results_dir: str | Path, override: str | None = None) -> str:
+    """``override``, else ``MLFLOW_TRACKING_URI``, else a SQLite file under ``results_dir`` (absolute)."""
+    uri = override or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{(Path(results_dir) / 'mlflow.db').resolve()}"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
+    """The experiment's id, created (with artifacts under ``artifact_root`` for a local store) if new."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = artifact_root.resolve().as_uri() if artifact_root is not None else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def start_suite_run(client: MlflowClient, experiment_id: str, suite: Suite, commit: str) -> str:
+    run = client.create_run(experiment_id, run_name=f"{suite.name} suite", tags={
+        ROLE: "suite", "suite.name": suite.name, "suite.file": str(suite.file), "git.commit": commit})
+    return run.info.run_id
+
+
+def finished_trials(client: MlflowClient, experiment_id: str) -> dict[str, str]:
+    """trial.id -> run id of every FINISHED trial (or encoder) run of the experiment."""
+    runs = client.search_runs([experiment_id], filter_string="attributes.status = 'FINISHED'",
+                              max_results=50_000)
+    return {r.data.tags["trial.id"]: r.info.run_id for r in runs
+            if r.data.tags.get(ROLE) in ("trial", "encoder") and "trial.id" in r.data.tags}
+
+
+class TrialRun:
+    """The MLflow run of one trial: found by its ``trial.id`` tag or created under the suite's parent run."""
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, trial: Trial, tags: dict[str, str]):
+        self.client = MlflowClient(uri)
+        found = self.client.search_runs([experiment_id], filter_string=f"tags.`trial.id` = '{trial.id}'",
+                                        max_results=10)
+        if found:
+            run = sorted(found, key=lambda r: r.info.start_time)[0]
+            self.run_id = run.info.run_id
+            self.finished = run.info.status == "FINISHED"
+            self.metrics = dict(run.data.metrics)
+            if not self.finished:
+                self.client.update_run(self.run_id, status="RUNNING")
+        else:
+            run = self.client.create_run(experiment_id, run_name=trial.name, tags={
+                ROLE: "trial" if trial.stage == "trial" else "encoder", "trial.id": trial.id,
+                "mlflow.parentRunId": parent_run_id, **tags})
+            self.run_id = run.info.run_id
+            self.finished = False
+            self.metrics = {}
+            params = [Param(k, str(v)) for k, v in trial.params().items()]
+            for i in range(0, len(params), 100):
+                self.client.log_batch(self.run_id, params=params[i:i + 100])
+        self.logged_epochs = self._logged_epochs()
+
+    def _logged_epochs(self) -> int:
+        history = self.client.get_metric_history(self.run_id, "val_p1")
+        return max((m.step for m in history), default=0)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_epoch(self, record: dict[str, float]) -> None:
+        """Per-epoch metrics at step = epoch; epochs logged by an earlier attempt are not logged again."""
+        epoch = int(record["epoch"])
+        if epoch <= self.logged_epochs:
+            return
+        now = _now_ms()
+        self.client.log_batch(self.run_id, metrics=[
+            Metric(k, float(v), now, epoch) for k, v in record.items() if k != "epoch"])
+        self.logged_epochs = epoch
+
+    def log_final(self, metrics: dict[str, float], artifacts: list[Path]) -> None:
+        now = _now_ms()
+        items = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[i:i + 500])
+        for path in artifacts:
+            self.client.log_artifact(self.run_id, str(path))
+        self.metrics = metrics
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def final_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The flat test metrics of ``diffpose.train.evaluate``'s result, named as the reports expect."""
+    out = {f"test_{k}": float(v) for k, v in result.items()
+           if k in ("p1", "p2", "p1_frames", "p2_frames", "pck", "auc", "mpjpe", "j_best", "p_best",
+                    "spread_error_corr", "mpjve")}
+    for action, m in result.get("per_action", {}).items():
+        out[f"test_p1.{action}"] = m["p1"]
+        out[f"test_p2.{action}"] = m["p2"]
+    out["test_poses_per_second"] = float(result["poses_per_second"])
+    out["params"] = float(result["params"])
+    out["flops_per_pose"] = float(result["flops_per_pose"])
+    return out

@@ -1,0 +1,96 @@
+"""``run_trial``: the one Ray-facing entry point. A trial trains, evaluates on the test split and logs
+everything to its MLflow run; it resumes from its last checkpoint when Tune retries it."""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import logging
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from benchmark.suite import Trial
+from benchmark.tracking import TrialRun, final_metrics
+from diffpose.data.store import PoseStore
+from diffpose.lifters import ensure_encoder
+from diffpose.train import evaluate, fit, pick_device
+
+log = logging.getLogger(__name__)
+
+
+def _device_tags(cfg_device: str) -> dict[str, str]:
+    dev = pick_device(cfg_device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
+    try:
+        import ray
+
+        node = ray.util.get_node_ip_address() if ray.is_initialized() else socket.gethostname()
+    except Exception:  # noqa: BLE001 - a tag is not worth failing a trial for
+        node = socket.gethostname()
+    return {"device": f"{dev.type}:{name}" if dev.type == "cuda" else name, "device.type": dev.type,
+            "ray.node": node}
+
+
+def run_trial(spec: dict[str, Any]) -> None:
+    """Tune function trainable. ``spec["trial"]``: :meth:`Trial.to_dict`; ``spec["context"]``: tracking URI,
+    experiment and parent run ids, results directory, encoder cache, git commit."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    trial = Trial.from_dict(spec["trial"])
+    ctx = spec["context"]
+    cfg = trial.config
+    store = PoseStore.open(cfg.data.store)
+    tags = {"git.commit": ctx["git_commit"], "data.fingerprint": store.meta["fingerprint"],
+            **_device_tags(cfg.train.device)}
+    run = TrialRun(ctx["tracking_uri"], ctx["experiment_id"], ctx["parent_run_id"], trial, tags)
+    if run.finished:
+        log.info("%s already finished in run %s", trial.name, run.run_id)
+        tune.report({"done_before": 1.0, **{k: v for k, v in run.metrics.items() if "." not in k}})
+        return
+    run.set_tags(tags)  # a retry may land on another node or device
+
+    def on_epoch(record: dict[str, float], _checkpoint: Path) -> None:
+        run.log_epoch(record)
+        tune.report(dict(record))
+
+    t0 = time.perf_counter()
+    try:
+        if trial.stage == "encoder":
+            ensure_encoder(cfg, store, Path(ctx["encoder_cache"]), progress=False, on_epoch=on_epoch)
+            run.log_final({"train_seconds": time.perf_counter() - t0}, [])
+            run.finish()
+            tune.report({"encoder_done": 1.0})
+            return
+        # Trained weights live under the training config's hash: trials of inference-only axes (K, N) evaluate
+        # the weights their "full" trial trained. The lock makes a second trial wait instead of training again.
+        train_dir = Path(ctx["results_dir"]) / "trials" / cfg.hash()
+        train_dir.mkdir(parents=True, exist_ok=True)
+        with open(train_dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            result = fit(cfg, train_dir, encoder_cache=ctx["encoder_cache"],
+                         on_epoch=None if trial.eval_only else on_epoch, progress=False)
+        out_dir = train_dir / trial.id
+        out_dir.mkdir(exist_ok=True)
+        predictions = out_dir / "predictions.npz"
+        test = evaluate(trial.eval_config, result.best_checkpoint, "test", encoder_cache=ctx["encoder_cache"],
+                        save_predictions=predictions)
+    except Exception:
+        run.finish("FAILED")
+        raise
+    metrics = final_metrics(test)
+    metrics.update({"train_seconds": result.seconds, "best_epoch": float(result.best_epoch),
+                    "best_val_p1": min(h["val_p1"] for h in result.history)})
+    (out_dir / "config.toml").write_text(trial.eval_config.to_toml())
+    with open(out_dir / "per_action.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["action", "p1", "p2"])
+        for action, m in test["per_action"].items():
+            writer.writerow([action, f"{m['p1']:.3f}", f"{m['p2']:.3f}"])
+    run.log_final(metrics, [out_dir / "config.toml", out_dir / "per_action.csv", predictions,
+                            result.best_checkpoint])
+    run.finish()
+    tune.report({k: v for k, v in metrics.items() if "." not in k})

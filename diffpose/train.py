@@ -1,0 +1,389 @@
+"""One training and evaluation loop for every lifter: ``fit(cfg, out_dir)`` and ``evaluate(cfg, checkpoint)``.
+
+Lifters differ by model, never by loop. The loop owns the device, threads, seeding, the optimiser and LR
+schedule, gradient clipping, EMA weights, mixed precision, validation on held-out training subjects, a
+checkpoint every epoch and resuming from it. Orchestrators (Ray Tune) hook in through ``on_epoch``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from diffpose import metrics
+from diffpose.config import Config
+from diffpose.data.store import PoseStore, Sampler
+from diffpose.lifters import Lifter, build_lifter
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA if available, then Apple MPS, else the CPU."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def set_threads(threads: int) -> int:
+    """Torch intra-op threads: ``threads`` or, if 0, the CPUs this process may run on (Ray sets affinity
+    and OMP_NUM_THREADS for a trial's CPU share)."""
+    if threads <= 0:
+        env = os.environ.get("OMP_NUM_THREADS")
+        threads = int(env) if env and env.isdigit() else len(os.sched_getaffinity(0))
+    torch.set_num_threads(max(1, threads))
+    return torch.get_num_threads()
+
+
+@dataclass
+class Splits:
+    """Row indices of the store for each role; the test rows are never used for selection."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    subjects: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def splits(cfg: Config, store: PoseStore) -> Splits:
+    d = cfg.data
+    val = d.val_subjects or tuple(store.meta["default_val"])
+    train = d.train_subjects or tuple(s for s in store.split_subjects("train") if s not in val)
+    test = d.test_subjects or store.split_subjects("test")
+    overlap = set(train) & set(test) or set(val) & set(test)
+    if overlap:
+        raise ValueError(f"subjects {sorted(overlap)} are in the test split and also used for training or "
+                         "validation; model selection never sees the test set")
+    val_rows = store.rows(val, stride=d.eval_stride, valid_only=True)
+    if cfg.train.val_max_frames and len(val_rows) > cfg.train.val_max_frames:
+        val_rows = val_rows[np.linspace(0, len(val_rows) - 1, cfg.train.val_max_frames).astype(np.int64)]
+    return Splits(
+        train=store.rows(train, stride=d.train_stride),
+        val=val_rows,
+        test=store.rows(test, stride=d.eval_stride, valid_only=True),
+        subjects={"train": train, "val": val, "test": test},
+    )
+
+
+class Ema:
+    """Exponential moving average of a module's floating-point parameters and buffers."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        state = module.state_dict()
+        keys = list(self.shadow)
+        torch._foreach_lerp_([self.shadow[k] for k in keys], [state[k].detach() for k in keys], 1.0 - self.decay)
+
+    def swap_into(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Load the averaged weights into ``module``; returns the live weights to restore."""
+        live = {k: v.detach().clone() for k, v in module.state_dict().items() if k in self.shadow}
+        module.load_state_dict(self.shadow, strict=False)
+        return live
+
+
+def _lr_lambda(cfg: Config) -> Callable[[int], float]:
+    t = cfg.train
+    if t.lr_schedule == "exp":
+        return lambda epoch: t.lr_gamma**epoch
+    if t.lr_schedule == "step":
+        return lambda epoch: t.lr_gamma ** (epoch // t.lr_step)
+    return lambda epoch: 0.5 * (1.0 + math.cos(math.pi * min(epoch, t.epochs) / t.epochs))
+
+
+def _save(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
+    """A checkpoint written by :func:`fit` (tensors and plain data only: loaded with weights_only=True)."""
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+@dataclass
+class FitResult:
+    out_dir: Path
+    best_checkpoint: Path
+    best_epoch: int
+    best_metric: float
+    history: list[dict[str, float]]
+    seconds: float
+
+
+def fit(
+    cfg: Config,
+    out_dir: str | Path,
+    *,
+    encoder_cache: str | Path | None = None,
+    on_epoch: Callable[[dict[str, float], Path], None] | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``cfg.model.lifter`` on the store's training subjects, validating each epoch on held-out
+    training subjects. Resumes from ``out_dir/checkpoint.pt`` when it exists for the same config.
+
+    ``on_epoch(metrics, checkpoint_path)`` is called after each epoch's checkpoint is written.
+    ``encoder_cache``: where DiffPose's context encoders are cached (default ``out_dir/../encoders``).
+    """
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.train.device)
+    threads = set_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
+
+    store = PoseStore.open(cfg.data.store)
+    rows = splits(cfg, store)
+    sampler = Sampler(store, frames=cfg.data.frames, kernels=cfg.data.kernels, device=device)
+    cache = Path(encoder_cache) if encoder_cache else out_dir.parent / "encoders"
+    lifter = build_lifter(cfg, store, rows.train, device=device, encoder_cache=cache, progress=progress)
+    lifter.to(device)
+    params = [p for p in lifter.parameters() if p.requires_grad]
+    opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    ema = Ema(lifter, cfg.train.ema) if cfg.train.ema > 0 else None
+    amp = cfg.train.amp and device.type == "cuda"
+
+    history: list[dict[str, float]] = []
+    start_epoch, best_metric, best_epoch = 0, float("inf"), -1
+    ckpt_path = out_dir / CHECKPOINT
+    if ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, device)
+        if state["config_hash"] != cfg.hash():
+            raise ValueError(f"{ckpt_path}: written for another config ({state['config_hash']} != {cfg.hash()});"
+                             " use a fresh output directory")
+        lifter.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.shadow = state["ema"]
+        generator.set_state(state["generator"].to(generator.get_state().device))
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, best_metric, best_epoch = state["epoch"] + 1, state["best_metric"], state["best_epoch"]
+        history = state["history"]
+        log.info("resumed %s at epoch %d", out_dir, start_epoch)
+
+    log.info("training %s on %s (%d threads): %d train / %d val frames, %d parameters", cfg.model.lifter,
+             device, threads, len(rows.train), len(rows.val), sum(p.numel() for p in params))
+    batches = max(1, len(rows.train) // cfg.train.batch_size)
+    if cfg.train.steps_per_epoch:
+        batches = min(batches, cfg.train.steps_per_epoch)
+    for epoch in range(start_epoch, cfg.train.epochs):
+        t_epoch = time.perf_counter()
+        lifter.train()
+        total, seen = 0.0, 0
+        bar = tqdm(total=batches, desc=f"{cfg.model.lifter} epoch {epoch + 1}/{cfg.train.epochs}",
+                   disable=not progress, leave=False, dynamic_ncols=True)
+        for batch in sampler.epoch(rows.train, cfg.train.batch_size, generator,
+                                   draw_kernels=cfg.data.draw_kernels, flip_augment=cfg.data.flip_augment,
+                                   steps=cfg.train.steps_per_epoch):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = lifter.loss(batch, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+            optimizer.step()
+            if ema is not None:
+                ema.update(lifter)
+            total += loss.item() * len(batch)
+            seen += len(batch)
+            bar.update()
+            bar.set_postfix(loss=f"{total / seen:.4f}")
+        bar.close()
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        train_seconds = time.perf_counter() - t_epoch
+
+        live = ema.swap_into(lifter) if ema is not None else None
+        val = evaluate_rows(lifter, sampler, store, rows.val, cfg, generator_seed=cfg.train.seed)
+        if live is not None:
+            lifter.load_state_dict(live, strict=False)
+        record = {"epoch": epoch + 1, "train_loss": total / max(seen, 1), "lr": lr,
+                  "val_p1": val["p1"], "val_p2": val["p2"], "train_seconds": train_seconds,
+                  "samples_per_second": seen / max(train_seconds, 1e-9),
+                  "epoch_seconds": time.perf_counter() - t_epoch}
+        history.append(record)
+        metric = record[cfg.train.metric]
+        improved = metric < best_metric
+        if improved:
+            best_metric, best_epoch = metric, epoch + 1
+        state = {
+            "config": cfg.to_dict(), "config_hash": cfg.hash(), "lifter": cfg.model.lifter,
+            "model": lifter.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "ema": ema.shadow if ema is not None else {},
+            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "epoch": epoch, "best_metric": best_metric, "best_epoch": best_epoch, "history": history,
+        }
+        _save(state, ckpt_path)
+        if improved:
+            weights = ema.shadow if ema is not None else None
+            model_state = {**lifter.state_dict(), **weights} if weights else lifter.state_dict()
+            _save({"config": cfg.to_dict(), "config_hash": cfg.hash(), "lifter": cfg.model.lifter,
+                   "model": model_state, "epoch": epoch + 1, "metric": metric}, out_dir / BEST)
+        log.info("epoch %d/%d  loss %.4f  val P1 %.1f mm  P2 %.1f mm  (%.0f samples/s)%s", epoch + 1,
+                 cfg.train.epochs, record["train_loss"], record["val_p1"], record["val_p2"],
+                 record["samples_per_second"], "  *" if improved else "")
+        if on_epoch is not None:
+            on_epoch(record, ckpt_path)
+
+    return FitResult(out_dir=out_dir, best_checkpoint=out_dir / BEST, best_epoch=best_epoch,
+                     best_metric=best_metric, history=history, seconds=time.perf_counter() - t_start)
+
+
+@torch.inference_mode()
+def predict_rows(
+    lifter: Lifter, sampler: Sampler, rows: np.ndarray, cfg: Config, generator_seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Predictions for store ``rows`` (centre frames): pose (N, J, 3) in metres, root-relative; the
+    hypotheses (H, N, J, 3) when the lifter samples several; with ``data.flip_test`` the mirrored input's
+    prediction is mirrored back and averaged in."""
+    from diffpose.data.store import mirror
+
+    lifter.eval()
+    generator = torch.Generator(device=sampler.device).manual_seed(generator_seed)
+    poses, hyps, targets = [], [], []
+    for batch in sampler.sequential(rows, cfg.train.eval_batch_size):
+        out = lifter.predict(batch, generator)
+        pose, h = out.pose, out.hypotheses
+        if cfg.data.flip_test:
+            flipped = sampler.batch(batch.rows, flip=torch.ones_like(batch.flipped))
+            out_f = lifter.predict(flipped, generator)
+            pose = 0.5 * (pose + mirror(out_f.pose, sampler.perm))
+            if h is not None and out_f.hypotheses is not None:
+                h = torch.cat([h, mirror(out_f.hypotheses, sampler.perm)], dim=0)
+        poses.append(pose.float())
+        targets.append(batch.pose_3d[:, sampler.frames // 2].float())
+        if h is not None:
+            hyps.append(h.float())
+    result = {"pose": torch.cat(poses), "target": torch.cat(targets)}
+    if hyps:
+        result["hypotheses"] = torch.cat(hyps, dim=1)
+    return result
+
+
+def evaluate_rows(
+    lifter: Lifter,
+    sampler: Sampler,
+    store: PoseStore,
+    rows: np.ndarray,
+    cfg: Config,
+    generator_seed: int = 0,
+    save_predictions: Path | None = None,
+) -> dict[str, Any]:
+    """P1/P2 (mm) over ``rows``, overall (mean of the per-action means) and per action class; with several
+    hypotheses also the oracle J-Best/P-Best and the spread-error correlation; MPI-INF-3DHP adds PCK/AUC.
+    ``save_predictions``: an npz with pose, target (metres), action, subject and, with several hypotheses,
+    the per-joint spread."""
+    pred = predict_rows(lifter, sampler, rows, cfg, generator_seed)
+    pose, target = pred["pose"], pred["target"]
+    if save_predictions is not None:
+        arrays = {"pose": pose.cpu().numpy(), "target": target.cpu().numpy(),
+                  "action": np.asarray(store.action_classes)[store.action_class[rows]],
+                  "subject": np.asarray(store.subjects)[store.subject[rows]]}
+        if "hypotheses" in pred and pred["hypotheses"].shape[0] > 1:
+            arrays["spread"] = metrics.joint_spread(pred["hypotheses"]).cpu().numpy()
+        np.savez_compressed(save_predictions, **arrays)
+    mm = metrics.MM_PER_M
+    p1 = metrics.mpjpe(pose, target) * mm
+    p2 = metrics.p_mpjpe(pose, target) * mm
+    codes = torch.from_numpy(store.action_class[rows].astype(np.int64)).to(p1.device)
+    n_actions = len(store.action_classes)
+    a1 = metrics.per_action_means(p1, codes, n_actions)
+    a2 = metrics.per_action_means(p2, codes, n_actions)
+    out: dict[str, Any] = {
+        "p1": float(metrics.mean_of_action_means(p1, codes, n_actions)),
+        "p2": float(metrics.mean_of_action_means(p2, codes, n_actions)),
+        "p1_frames": float(p1.mean()), "p2_frames": float(p2.mean()), "frames": len(rows),
+        "per_action": {name: {"p1": float(a1[i]), "p2": float(a2[i])}
+                       for i, name in enumerate(store.action_classes) if not torch.isnan(a1[i])},
+    }
+    if store.meta["dataset"] == "mpi3dhp":
+        # The official protocol: PCK/AUC over 14 joints, each metric the mean of the per-sequence values.
+        from diffpose.data.mpi3dhp import PCK_JOINTS
+
+        joints = list(PCK_JOINTS)
+        seq = torch.from_numpy(store.subject[rows].astype(np.int64)).to(p1.device)
+        n_seq = len(store.subjects)
+        pck = metrics.pck(pose[:, joints], target[:, joints]) * 100.0
+        auc = metrics.auc(pose[:, joints], target[:, joints]) * 100.0
+        out["pck"] = float(metrics.mean_of_action_means(pck, seq, n_seq))
+        out["auc"] = float(metrics.mean_of_action_means(auc, seq, n_seq))
+        out["mpjpe"] = float(metrics.mean_of_action_means(p1, seq, n_seq))
+    hyps = pred.get("hypotheses")
+    if hyps is not None and hyps.shape[0] > 1:
+        out["j_best"] = float(metrics.j_best_mpjpe(hyps, target).mean() * mm)
+        out["p_best"] = float(metrics.p_best_mpjpe(hyps, target).mean() * mm)
+        spread = metrics.joint_spread(hyps)                                  # (N, J)
+        err = (pose - target).norm(dim=-1)                                   # (N, J)
+        out["spread_error_corr"] = float(torch.corrcoef(torch.stack([spread.flatten(), err.flatten()]))[0, 1])
+        out["hypotheses"] = int(hyps.shape[0])
+    return out
+
+
+def flops_per_pose(lifter: Lifter, sampler: Sampler, row: int, flip_test: bool = False) -> float:
+    """Forward FLOPs of one prediction (every encoder and denoiser call, all hypotheses)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = sampler.batch(torch.tensor([row]))
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        lifter.predict(batch, torch.Generator(device=sampler.device).manual_seed(0))
+    return float(counter.get_total_flops()) * (2.0 if flip_test else 1.0)
+
+
+def evaluate(cfg: Config, checkpoint: str | Path, split: str = "test", *, encoder_cache: str | Path | None = None,
+             device: str | None = None, save_predictions: Path | None = None) -> dict[str, Any]:
+    """Evaluate a checkpoint of :func:`fit` on ``split`` ("test" or "val"): the dict written as JSON by the
+    CLI, with per-action P1/P2 (and PCK/AUC on MPI-INF-3DHP), parameters and FLOPs per pose."""
+    dev = pick_device(device or cfg.train.device)
+    set_threads(cfg.train.threads)
+    state = load_checkpoint(checkpoint, dev)
+    store = PoseStore.open(cfg.data.store)
+    rows = splits(cfg, store)
+    sampler = Sampler(store, frames=cfg.data.frames, kernels=cfg.data.kernels, device=dev)
+    cache = Path(encoder_cache) if encoder_cache else Path(checkpoint).parent.parent / "encoders"
+    lifter = build_lifter(cfg, store, rows.train, device=dev, encoder_cache=cache, train_encoder=False)
+    lifter.load_state_dict(state["model"])
+    lifter.to(dev)
+    t0 = time.perf_counter()
+    chosen = {"test": rows.test, "val": rows.val}[split]
+    result = evaluate_rows(lifter, sampler, store, chosen, cfg, generator_seed=cfg.train.seed,
+                           save_predictions=save_predictions)
+    seconds = time.perf_counter() - t0
+    result["params"] = sum(p.numel() for p in lifter.parameters())
+    result["flops_per_pose"] = flops_per_pose(lifter, sampler, int(chosen[0]), cfg.data.flip_test)
+    result.update({
+        "split": split, "subjects": list(rows.subjects[split]), "dataset": store.meta["dataset"],
+        "detector": store.meta["detector"], "store_fingerprint": store.meta["fingerprint"],
+        "lifter": cfg.model.lifter, "checkpoint": str(checkpoint), "epoch": state.get("epoch"),
+        "config_hash": cfg.hash(), "device": str(dev), "seconds": seconds,
+        "poses_per_second": len(chosen) / max(seconds, 1e-9),
+        "protocol": {"flip_test": cfg.data.flip_test, "frames": cfg.data.frames,
+                     "hypotheses": cfg.diffusion.hypotheses if cfg.model.lifter == "diffpose" else 1,
+                     "aggregation": cfg.diffusion.aggregate, "p1": "MPJPE, mean of per-action means",
+                     "p2": "P-MPJPE (per-sample Procrustes), mean of per-action means"},
+    })
+    return result
