@@ -88,12 +88,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from benchmark.runner import run_suite
+    from benchmark.suite import apply_overrides
 
-    summary = run_suite(args.suite, args.results, address=args.address, storage=args.storage)
+    suite = apply_overrides(args.suite, args.overrides, args.results / "suites") if args.overrides else args.suite
+    summary = run_suite(suite, args.results, address=args.address, storage=args.storage)
     if not args.no_report:
         summary.report_dir = _report(summary.tracking_uri, summary.suite, args.results)
     print("\n".join(summary.lines()))
     return 1 if summary.failed else 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from benchmark.search import run_search
+
+    summary = run_search(args.search, args.results, address=args.address, storage=args.storage,
+                         study_storage=args.study_storage)
+    if not args.no_report:
+        summary.report_dir = _report(summary.tracking_uri, summary.search, args.results)
+    print("\n".join(summary.lines()))
+    return 0 if summary.best is not None else 1
 
 
 def _report(uri: str, experiment: str, results: Path) -> Path:
@@ -168,8 +181,23 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--results", type=Path, default=Path("results"))
     ab.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     ab.add_argument("--storage", help="Ray Tune storage: a shared path or s3://... (default: RESULTS/ray)")
+    ab.add_argument("--overrides", type=Path, metavar="FILE",
+                    help="a TOML with one [base] table merged into the suite's base (e.g. the best config that "
+                         "`tune` exports); the runs go to the experiment '<suite>+<file stem>'")
     ab.add_argument("--no-report", action="store_true")
     ab.set_defaults(func=_cmd_ablate)
+
+    tu = sub.add_parser("tune", help="a hyperparameter search (Optuna on Ray Tune, tracked in MLflow): exports "
+                                     "the best config, then the report")
+    tu.add_argument("--search", type=Path, default=Path("ablations/search_demo.toml"))
+    tu.add_argument("--results", type=Path, default=Path("results"))
+    tu.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    tu.add_argument("--storage", help="Ray Tune storage: a shared path or s3://... (default: RESULTS/ray)")
+    tu.add_argument("--study-storage", metavar="URL",
+                    help="the Optuna study's database (default: OPTUNA_STORAGE, else the file's search.storage, "
+                         "else sqlite:///RESULTS/optuna.db); drivers on one URL and study share the search")
+    tu.add_argument("--no-report", action="store_true")
+    tu.set_defaults(func=_cmd_tune)
 
     rp = sub.add_parser("report", help="rebuild the report of a suite from MLflow, without running trials")
     rp.add_argument("--suite", type=Path, default=Path("ablations/demo.toml"), help="the suite whose report to build")

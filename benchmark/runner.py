@@ -155,6 +155,9 @@ def run_suite(
     client = MlflowClient(uri)
     local = uri.startswith("sqlite:") or uri.startswith("file:")
     experiment_id = tracking.ensure_experiment(client, suite.name, results / "artifacts" if local else None)
+    stale = tracking.close_stale_suite_runs(client, experiment_id)
+    if stale:
+        log.info("marked %d suite run(s) of an interrupted invocation as KILLED", stale)
     finished = tracking.finished_trials(client, experiment_id)
     commit = tracking.git_commit()
     parent = tracking.start_suite_run(client, experiment_id, suite, commit)

@@ -142,7 +142,10 @@ class Suite:
                         if axis in INFERENCE_AXES:
                             if full.flatten()[key_] == x:
                                 continue  # that is full itself
-                            full.override({key_: x}, source=f"{self.file}: axes.{axis}")  # validates x
+                            try:
+                                full.override({key_: x}, source=f"{self.file}: axes.{axis}")  # validates x
+                            except ConfigError as e:
+                                raise SuiteError(str(e)) from None
                             t = Trial(dataset=key, variant=name, axis=axis, value=str(x), seed=seed, config=full,
                                       eval_overrides={key_: x})
                         else:
@@ -233,8 +236,8 @@ def load_suite(path: str | Path, *, check_data: bool = True) -> Suite:
 
     variant_overrides = _table(raw, "variant", fail)
     for v in variant_overrides:
-        if v not in VARIANTS and v not in axes:
-            raise fail(f"variant.{v}", "overrides for a variant the suite does not know")
+        if v not in variants and v not in axes:
+            raise fail(f"variant.{v}", "overrides for a variant or axis the suite does not run")
     suite = Suite(
         name=name, file=path, description=str(head.get("description", "")), datasets=datasets,
         variants=variants, axes=axes, seeds=seeds, base=_table(raw, "base", fail),
@@ -290,3 +293,61 @@ def _typed_list(value: Any, kind: type, key: str, fail: Any) -> list:
     if not isinstance(value, list):
         raise fail(key, f"must be a list, got {value!r}")
     return [_typed(v, kind, key, fail) for v in value]
+
+
+def apply_overrides(suite_path: str | Path, overrides_path: str | Path, out_dir: str | Path) -> Path:
+    """Write and validate ``out_dir/<suite name>+<overrides stem>.toml``: the suite with the override file's
+    single [base] table merged into its own (the override wins), renamed so its runs get their own experiment.
+    An override file is what ``diffpose-bench tune`` exports as the best config of a search."""
+    overrides_path = Path(overrides_path)
+    over = _read(overrides_path)
+    for key in over:
+        if key != "base":
+            raise SuiteError(f"{overrides_path}: {key}: unknown table (an override file holds one [base] table)")
+    changes = _flat(_table(over, "base", lambda k, m: SuiteError(f"{overrides_path}: {k}: {m}")))
+    try:
+        Config().override(changes, source=str(overrides_path))
+    except ConfigError as e:
+        raise SuiteError(str(e)) from None
+    raw = _read(Path(suite_path))
+    raw["base"] = {**_flat(raw.get("base", {})), **changes}
+    head = raw.setdefault("suite", {})
+    head["name"] = f"{head.get('name', Path(suite_path).stem)}+{overrides_path.stem}"
+    out = Path(out_dir) / f"{head['name']}.toml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {suite_path} with the [base] of {overrides_path} merged in (diffpose-bench ablate --overrides)"]
+    for table, body in raw.items():
+        lines += ["", f"[{table}]"] + [f"{json.dumps(k)} = {_toml(v)}" for k, v in body.items()]
+    out.write_text("\n".join(lines) + "\n")
+    load_suite(out, check_data=False)
+    return out
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SuiteError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SuiteError(f"{path}: not valid TOML ({e})") from None
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested tables -> dotted keys (what ``train.lr = 1e-3`` parses to, flattened back)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def _toml(value: Any) -> str:
+    """A TOML value; tables inline."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + "}"
+    return repr(value)

@@ -53,6 +53,15 @@ def start_suite_run(client: MlflowClient, experiment_id: str, suite: Suite, comm
     return run.info.run_id
 
 
+def close_stale_suite_runs(client: MlflowClient, experiment_id: str) -> int:
+    """Mark suite runs left RUNNING by a killed driver as KILLED; returns how many."""
+    query = f"tags.`{ROLE}` = 'suite' and attributes.status = 'RUNNING'"
+    runs = client.search_runs([experiment_id], filter_string=query)
+    for r in runs:
+        client.set_terminated(r.info.run_id, status="KILLED")
+    return len(runs)
+
+
 def finished_trials(client: MlflowClient, experiment_id: str) -> dict[str, str]:
     """trial.id -> run id of every FINISHED trial (or encoder) run of the experiment."""
     runs = client.search_runs([experiment_id], filter_string="attributes.status = 'FINISHED'",
@@ -64,7 +73,8 @@ def finished_trials(client: MlflowClient, experiment_id: str) -> dict[str, str]:
 class TrialRun:
     """The MLflow run of one trial: found by its ``trial.id`` tag or created under the suite's parent run."""
 
-    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, trial: Trial, tags: dict[str, str]):
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, trial: Trial, tags: dict[str, str],
+                 extra_params: dict[str, Any] | None = None):
         self.client = MlflowClient(uri)
         found = self.client.search_runs([experiment_id], filter_string=f"tags.`trial.id` = '{trial.id}'",
                                         max_results=10)
@@ -82,7 +92,7 @@ class TrialRun:
             self.run_id = run.info.run_id
             self.finished = False
             self.metrics = {}
-            params = [Param(k, str(v)) for k, v in trial.params().items()]
+            params = [Param(k, str(v)) for k, v in {**trial.params(), **(extra_params or {})}.items()]
             for i in range(0, len(params), 100):
                 self.client.log_batch(self.run_id, params=params[i:i + 100])
         self.logged_epochs = self._logged_epochs()

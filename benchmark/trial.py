@@ -17,8 +17,8 @@ from ray import tune
 from benchmark.suite import Trial
 from benchmark.tracking import TrialRun, final_metrics
 from diffpose.data.store import PoseStore
-from diffpose.lifters import ensure_encoder
-from diffpose.train import evaluate, fit, pick_device
+from diffpose.lifters import encoder_key, ensure_encoder
+from diffpose.train import CHECKPOINT, evaluate, fit, load_checkpoint, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +26,25 @@ log = logging.getLogger(__name__)
 def _device_tags(cfg_device: str) -> dict[str, str]:
     dev = pick_device(cfg_device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
+    tags = {"device": f"{dev.type}:{name}" if dev.type == "cuda" else name, "device.type": dev.type,
+            "ray.node": socket.gethostname(), "ray.node_ip": socket.gethostname()}
     try:
         import ray
 
-        node = ray.util.get_node_ip_address() if ray.is_initialized() else socket.gethostname()
+        if ray.is_initialized():
+            tags["ray.node"] = ray.get_runtime_context().get_node_id()
+            tags["ray.node_ip"] = ray.util.get_node_ip_address()
     except Exception:  # noqa: BLE001 - a tag is not worth failing a trial for
-        node = socket.gethostname()
-    return {"device": f"{dev.type}:{name}" if dev.type == "cuda" else name, "device.type": dev.type,
-            "ray.node": node}
+        pass
+    return tags
+
+
+def _replay_history(run: TrialRun, checkpoint: Path) -> None:
+    """Log the epochs a checkpoint holds that the run lacks: an attempt killed between writing its
+    checkpoint and logging that epoch would otherwise leave a gap, since the resumed fit starts after it."""
+    if checkpoint.exists():
+        for record in load_checkpoint(checkpoint)["history"]:
+            run.log_epoch(record)
 
 
 def run_trial(spec: dict[str, Any]) -> None:
@@ -46,7 +57,8 @@ def run_trial(spec: dict[str, Any]) -> None:
     store = PoseStore.open(cfg.data.store)
     tags = {"git.commit": ctx["git_commit"], "data.fingerprint": store.meta["fingerprint"],
             **_device_tags(cfg.train.device)}
-    run = TrialRun(ctx["tracking_uri"], ctx["experiment_id"], ctx["parent_run_id"], trial, tags)
+    run = TrialRun(ctx["tracking_uri"], ctx["experiment_id"], ctx["parent_run_id"], trial, tags,
+                   extra_params={"trial.detector": store.meta["detector"]})
     if run.finished:
         log.info("%s already finished in run %s", trial.name, run.run_id)
         tune.report({"done_before": 1.0, **{k: v for k, v in run.metrics.items() if "." not in k}})
@@ -60,7 +72,9 @@ def run_trial(spec: dict[str, Any]) -> None:
     t0 = time.perf_counter()
     try:
         if trial.stage == "encoder":
-            ensure_encoder(cfg, store, Path(ctx["encoder_cache"]), progress=False, on_epoch=on_epoch)
+            cache = Path(ctx["encoder_cache"])
+            _replay_history(run, cache / encoder_key(cfg, store.meta["fingerprint"]) / CHECKPOINT)
+            ensure_encoder(cfg, store, cache, progress=False, on_epoch=on_epoch)
             run.log_final({"train_seconds": time.perf_counter() - t0}, [])
             run.finish()
             tune.report({"encoder_done": 1.0})
@@ -71,6 +85,8 @@ def run_trial(spec: dict[str, Any]) -> None:
         train_dir.mkdir(parents=True, exist_ok=True)
         with open(train_dir / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            if not trial.eval_only:
+                _replay_history(run, train_dir / CHECKPOINT)
             result = fit(cfg, train_dir, encoder_cache=ctx["encoder_cache"],
                          on_epoch=None if trial.eval_only else on_epoch, progress=False)
         out_dir = train_dir / trial.id
@@ -87,9 +103,9 @@ def run_trial(spec: dict[str, Any]) -> None:
     (out_dir / "config.toml").write_text(trial.eval_config.to_toml())
     with open(out_dir / "per_action.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["action", "p1", "p2"])
+        writer.writerow(["action", "p1", "p2", "frames"])
         for action, m in test["per_action"].items():
-            writer.writerow([action, f"{m['p1']:.3f}", f"{m['p2']:.3f}"])
+            writer.writerow([action, f"{m['p1']:.3f}", f"{m['p2']:.3f}", m["frames"]])
     run.log_final(metrics, [out_dir / "config.toml", out_dir / "per_action.csv", predictions,
                             result.best_checkpoint])
     run.finish()

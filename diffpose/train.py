@@ -314,12 +314,13 @@ def evaluate_rows(
     n_actions = len(store.action_classes)
     a1 = metrics.per_action_means(p1, codes, n_actions)
     a2 = metrics.per_action_means(p2, codes, n_actions)
+    counts = torch.bincount(codes, minlength=n_actions)
     out: dict[str, Any] = {
         "p1": float(metrics.mean_of_action_means(p1, codes, n_actions)),
         "p2": float(metrics.mean_of_action_means(p2, codes, n_actions)),
         "p1_frames": float(p1.mean()), "p2_frames": float(p2.mean()), "frames": len(rows),
-        "per_action": {name: {"p1": float(a1[i]), "p2": float(a2[i])}
-                       for i, name in enumerate(store.action_classes) if not torch.isnan(a1[i])},
+        "per_action": {name: {"p1": float(a1[i]), "p2": float(a2[i]), "frames": int(counts[i])}
+                       for i, name in enumerate(store.action_classes) if counts[i] > 0},
     }
     if store.meta["dataset"] == "mpi3dhp":
         # The official protocol: PCK/AUC over 14 joints, each metric the mean of the per-sequence values.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-MOCAP_ROOT = Path(os.environ.get("MOCAP_ROOT", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mocap17"))
+MOCAP_ROOT = Path(os.environ.get("MOCAP_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data" / "mocap17"))
 
 
 @pytest.fixture(scope="session")

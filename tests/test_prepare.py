@@ -47,7 +47,8 @@ def _bad_inputs(root, poses):
         "missing file": (lambda: p3d.unlink(), "data_3d_h36m.npz"),
         "wrong npz key": (lambda: save_npz(p3d, poses_3d=stored), "positions_3d"),
         "wrong joint count": (
-            lambda: save_npz(p3d, positions_3d={s: {a: v[:, :20] for a, v in acts.items()} for s, acts in stored.items()}),
+            lambda: save_npz(p3d, positions_3d={s: {a: v[:, :20] for a, v in acts.items()}
+                                                for s, acts in stored.items()}),
             "data_3d_h36m.npz"),
         "NaN in 3D": (lambda: save_npz(p3d, positions_3d={
             s: {a: np.where(np.arange(len(v))[:, None, None] == 1, np.nan, v) for a, v in acts.items()}

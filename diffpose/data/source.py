@@ -60,12 +60,13 @@ class Clip:
         }
         if self.world_3d is not None:
             expect["world_3d"] = (self.world_3d, (t, NUM_JOINTS, 3))
+        where = f"clip {self.subject}/{self.action}/cam{self.camera}"
         for name, (arr, shape) in expect.items():
             if arr.shape != shape:
-                where = f"clip {self.subject}/{self.action}/cam{self.camera}"
                 raise ValueError(f"{where}: {name} {arr.shape} != {shape}")
-        if self.gmm.ndim != 4 or self.gmm.shape[0] != t or self.gmm.shape[1] != NUM_JOINTS or self.gmm.shape[3] != 5:
-            raise ValueError(f"clip {self.subject}/{self.action}/cam{self.camera}: gmm {self.gmm.shape} != ({t}, 17, M, 5)")
+        g = self.gmm.shape
+        if len(g) != 4 or g[0] != t or g[1] != NUM_JOINTS or g[3] != 5:
+            raise ValueError(f"{where}: gmm {g} != ({t}, 17, M, 5)")
 
     @property
     def frames(self) -> int:
