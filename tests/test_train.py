@@ -1,0 +1,89 @@
+"""Train then evaluate on the shipped stand-in, end to end: every lifter and DiffPose variant from the CLI,
+resuming, determinism, and the evaluation JSON."""
+
+import json
+
+import pytest
+import torch
+
+from benchmark.cli import main
+from diffpose.config import Config
+from diffpose.train import evaluate, fit, load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+TINY = {"train.epochs": 2, "train.steps_per_epoch": 3, "train.batch_size": 64, "train.val_max_frames": 300,
+        "data.eval_stride": 50, "train.eval_batch_size": 1024, "model.hidden": 32, "encoder.hidden": 32,
+        "encoder.epochs": 1}
+
+
+def tiny(store, **more) -> Config:
+    return Config().override({"data.store": str(store), **TINY, **more})
+
+
+@pytest.mark.parametrize("variant", ["graformer", "semgcn", "simple_baseline", "full", "no_gmm", "no_context",
+                                     "no_heatmap_init", "refiner"])
+def test_every_lifter_and_variant_trains_and_evaluates_from_the_cli(mocap_store, tmp_path_factory, variant, capsys):
+    root = tmp_path_factory.getbasetemp() / "cli"
+    out = root / variant
+    sets = [f"{k}={v}" for k, v in TINY.items()]
+    if variant == "simple_baseline":
+        sets = [s for s in sets if not s.startswith("model.hidden")] + ["model.hidden=128"]
+    args = ["--variant", variant, "--set", f"data.store={mocap_store}", "--encoder-cache", str(root / "encoders")]
+    for s in sets:
+        args += ["--set", s]
+    assert main(["train", *args, "--out", str(out)]) == 0
+    assert "best validation val_p1" in capsys.readouterr().out
+    assert main(["evaluate", str(out / "best.pt"), "--out", str(out / "test.json"),
+                 "--encoder-cache", str(root / "encoders")]) == 0
+    result = json.loads((out / "test.json").read_text())
+    assert result["subjects"] == ["cmu02", "cmu13"] and result["split"] == "test"
+    assert set(result["per_action"]) == {"Boxing", "Everyday", "Jumping", "Running", "Swordplay", "Walking"}
+    means = [a["p1"] for a in result["per_action"].values()]
+    assert result["p1"] == pytest.approx(sum(means) / len(means), rel=1e-5)  # the mean of per-action means
+    assert 0 < result["p2"] < result["p1"] * 1.5 and result["p1"] < 1000  # mm: trained, not diverged
+    assert result["params"] > 0 and result["flops_per_pose"] > 0
+
+
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(mocap_store, tmp_path):
+    cfg = tiny(mocap_store, **{"model.lifter": "graformer", "train.epochs": 3})
+    whole = fit(cfg, tmp_path / "whole", progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(record, _path):
+        if record["epoch"] == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(cfg, tmp_path / "split", progress=False, on_epoch=stop_after_first)
+    assert load_checkpoint(tmp_path / "split" / "checkpoint.pt")["epoch"] == 0
+    resumed = fit(cfg, tmp_path / "split", progress=False)
+    key = ("epoch", "train_loss", "val_p1", "val_p2", "lr")
+    assert [{k: h[k] for k in key} for h in resumed.history] == [{k: h[k] for k in key} for h in whole.history]
+    a = load_checkpoint(tmp_path / "whole" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "split" / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_of_another_config_is_refused(mocap_store, tmp_path):
+    cfg = tiny(mocap_store, **{"model.lifter": "graformer", "train.epochs": 1})
+    fit(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="another config"):
+        fit(cfg.override({"train.lr": 5e-4}), tmp_path / "run", progress=False)
+
+
+def test_multi_hypothesis_evaluation_reports_oracle_and_spread(mocap_store, tmp_path):
+    cfg = tiny(mocap_store, **{"diffusion.hypotheses": 4, "train.epochs": 1})
+    result = fit(cfg, tmp_path / "run", encoder_cache=tmp_path / "enc", progress=False)
+    test = evaluate(cfg, result.best_checkpoint, encoder_cache=tmp_path / "enc",
+                    save_predictions=tmp_path / "pred.npz")
+    assert test["hypotheses"] == 4
+    assert test["j_best"] <= test["p1_frames"] + 1e-3  # the oracle picks the closest of 4 hypotheses
+    assert -1.0 <= test["spread_error_corr"] <= 1.0
+    import numpy as np
+
+    pred = np.load(tmp_path / "pred.npz")
+    assert pred["spread"].shape == pred["pose"].shape[:2]
+    assert (pred["spread"][:, 0] == 0).all() and (pred["spread"][:, 1:] > 0).all()  # root-relative
