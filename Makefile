@@ -52,6 +52,9 @@ bench: setup $(STORES)/mocap17/meta.json ## Speed and memory benchmarks -> bench
 ablate: setup ## Run the ablation suite SUITE (default ablations/demo.toml) on Ray, then the report
 	$(LOOPBACK) $(BIN)/diffpose-bench ablate --suite $(SUITE) --results $(RESULTS)
 
+tune: setup ## Hyperparameter search SEARCH (default ablations/search_demo.toml) with Optuna on Ray; exports the best config
+	$(LOOPBACK) $(BIN)/diffpose-bench tune --search $(SEARCH) --results $(RESULTS)
+
 report: setup ## Rebuild the report of SUITE's experiment from MLflow (no trials run)
 	$(BIN)/diffpose-bench report --suite $(SUITE) --results $(RESULTS)
 

@@ -54,7 +54,9 @@ import os
 import threading
 import time
 import tomllib
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +70,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from benchmark.suite import DatasetSpec, SuiteError, Trial, _dataset, _table, _typed
+from benchmark.suite import DatasetSpec, SuiteError, Trial, _dataset, _flat, _table, _typed
 from diffpose.config import VARIANTS, Config, ConfigError
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,19 @@ class SearchError(SuiteError):
     """A search file is invalid; one line naming the file and the key."""
 
 
+class _Fail:
+    """``fail(key, msg)`` -> SearchError naming the file and the key."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, key: str, msg: str) -> SearchError:
+        return SearchError(f"{self.path}: {key}: {msg}")
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
 @dataclass(frozen=True)
 class Dimension:
     """One sampled config key: ``float`` uniform on [low, high] (on a grid of ``step`` when given),
@@ -113,6 +128,15 @@ class Dimension:
             return IntDistribution(low=int(self.low), high=int(self.high), step=int(self.step or 1))
         return FloatDistribution(low=float(self.low), high=float(self.high), log=self.kind == "logfloat",
                                  step=None if self.step is None else float(self.step))
+
+    def contains(self, value: Any) -> bool:
+        """Whether the dimension can sample ``value`` (on the step grid when there is one)."""
+        if self.kind == "categorical":
+            return any(type(value) is type(c) and value == c for c in self.choices)
+        if not self.low <= value <= self.high:
+            return False
+        return self.step is None or math.isclose((value - self.low) / self.step,
+                                                 round((value - self.low) / self.step), abs_tol=1e-9)
 
     def values(self) -> list[Any]:
         """The values that bound the dimension (each must give a valid config)."""
@@ -215,7 +239,7 @@ def display_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _check_storage(url: str, fail: Callable[[str, str], SearchError]) -> None:
+def _check_storage(url: str, fail: _Fail) -> None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
@@ -229,11 +253,13 @@ def _check_storage(url: str, fail: Callable[[str, str], SearchError]) -> None:
     try:
         dialect.import_dbapi()
     except ImportError as e:
-        hint = " (pip install psycopg2-binary)" if parsed.get_backend_name() == "postgresql" else ""
+        package = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary"}.get(getattr(e, "name", ""), "")
+        hint = f" (pip install {package})" if package else ""
         raise fail("search.storage", f"no database driver for {parsed.drivername}: {e}{hint}") from None
 
 
 def _dimensions(raw: dict, fixed: Config, base_keys: set[str], fail: _Fail) -> tuple[Dimension, ...]:
+    """The [space] table's dimensions; each bound or choice must give a valid config on top of ``fixed``."""
     flat_types = {k: type(v) for k, v in Config().flatten().items()}
     dims = []
     for key, spec in _space_items(raw, fail):
@@ -244,43 +270,7 @@ def _dimensions(raw: dict, fixed: Config, base_keys: set[str], fail: _Fail) -> t
             raise fail(where, f"set by the search itself ({', '.join(RESERVED)}), not searchable")
         if key in base_keys:
             raise fail(where, "is fixed in [base] too; drop it from one of them")
-        kind = spec.get("type")
-        if kind not in KINDS:
-            raise fail(f"{where}.type", f"must be one of {', '.join(KINDS)}, got {kind!r}")
-        for k in spec:
-            if k not in _DIM_KEYS[kind]:
-                known = ", ".join(sorted(_DIM_KEYS[kind]))
-                raise fail(f"{where}.{k}", f"unknown key for type {kind!r} (known: {known})")
-        declared = flat_types[key]
-        if kind == "categorical":
-            choices = spec.get("choices")
-            if not isinstance(choices, list) or not choices:
-                raise fail(f"{where}.choices", "must be a non-empty list")
-            for c in choices:
-                if not isinstance(c, str | int | float | bool):
-                    raise fail(f"{where}.choices", f"{c!r}: choices are strings, numbers or booleans")
-            if len(set(map(repr, choices))) != len(choices):
-                raise fail(f"{where}.choices", "repeats a value")
-            dim = Dimension(key=key, kind=kind, choices=tuple(choices))
-        else:
-            number = int if kind == "int" else (int, float)
-            if declared is not (int if kind == "int" else float):
-                want = "int" if declared is int else "categorical"
-                raise fail(f"{where}.type", f"{key} is {declared.__name__}: use type = {want!r}")
-            low = _typed(spec.get("low"), number, f"{where}.low", fail)
-            high = _typed(spec.get("high"), number, f"{where}.high", fail)
-            if not low < high:
-                raise fail(where, f"low ({low}) must be below high ({high})")
-            if kind == "logfloat" and low <= 0:
-                raise fail(f"{where}.low", f"must be > 0 on a log scale, got {low}")
-            step = spec.get("step")
-            if step is not None:
-                step = _typed(step, number, f"{where}.step", fail)
-                if not 0 < step <= high - low:
-                    raise fail(f"{where}.step", f"must be in (0, high - low], got {step}")
-                if kind == "int" and (high - low) % step:
-                    raise fail(f"{where}.step", f"high - low ({high - low}) is not a multiple of {step}")
-            dim = Dimension(key=key, kind=kind, low=low, high=high, step=step)
+        dim = _dimension(key, spec, flat_types[key], fail)
         for value in dim.values():
             try:
                 fixed.override({key: value}, source=f"{fail}: {where} = {value!r}")
@@ -292,7 +282,46 @@ def _dimensions(raw: dict, fixed: Config, base_keys: set[str], fail: _Fail) -> t
     return tuple(dims)
 
 
-def _space_items(raw: Any, fail: Callable[[str, str], SearchError], prefix: str = "") -> list[tuple[str, dict]]:
+def _dimension(key: str, spec: dict[str, Any], declared: type, fail: _Fail) -> Dimension:
+    """One ``{type = ..., low, high, step | choices}`` table of a config key whose type is ``declared``."""
+    where = f"space.{key}"
+    kind = spec.get("type")
+    if kind not in KINDS:
+        raise fail(f"{where}.type", f"must be one of {', '.join(KINDS)}, got {kind!r}")
+    for k in spec:
+        if k not in _DIM_KEYS[kind]:
+            raise fail(f"{where}.{k}", f"unknown key for type {kind!r} (known: {', '.join(sorted(_DIM_KEYS[kind]))})")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise fail(f"{where}.choices", "must be a non-empty list")
+        for c in choices:
+            if not isinstance(c, str | int | float | bool):
+                raise fail(f"{where}.choices", f"{c!r}: choices are strings, numbers or booleans")
+        if len(set(map(repr, choices))) != len(choices):
+            raise fail(f"{where}.choices", "repeats a value")
+        return Dimension(key=key, kind=kind, choices=tuple(choices))
+    if declared is not (int if kind == "int" else float):
+        want = "int" if declared is int else "categorical"
+        raise fail(f"{where}.type", f"{key} is {declared.__name__}: use type = {want!r}")
+    number = int if kind == "int" else (int, float)
+    low = _typed(spec.get("low"), number, f"{where}.low", fail)
+    high = _typed(spec.get("high"), number, f"{where}.high", fail)
+    if not low < high:
+        raise fail(where, f"low ({low}) must be below high ({high})")
+    if kind == "logfloat" and low <= 0:
+        raise fail(f"{where}.low", f"must be > 0 on a log scale, got {low}")
+    step = spec.get("step")
+    if step is not None:
+        step = _typed(step, number, f"{where}.step", fail)
+        if not 0 < step <= high - low:
+            raise fail(f"{where}.step", f"must be in (0, high - low], got {step}")
+        if kind == "int" and (high - low) % step:
+            raise fail(f"{where}.step", f"high - low ({high - low}) is not a multiple of {step}")
+    return Dimension(key=key, kind=kind, low=low, high=high, step=step)
+
+
+def _space_items(raw: Any, fail: _Fail, prefix: str = "") -> list[tuple[str, dict]]:
     """``train.lr = {type = ...}`` parses as nested tables: (dotted key, distribution table) pairs."""
     if not isinstance(raw, dict):
         raise fail(f"space.{prefix.rstrip('.')}" if prefix else "space", "must be a table like {type = ...}")
@@ -302,26 +331,6 @@ def _space_items(raw: Any, fail: Callable[[str, str], SearchError], prefix: str 
             out.append((prefix + k, v))
         else:
             out += _space_items(v, fail, f"{prefix}{k}.")
-    return out
-
-
-class _Fail:
-    """``fail(key, msg)`` -> SearchError naming the file and the key."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __call__(self, key: str, msg: str) -> SearchError:
-        return SearchError(f"{self.path}: {key}: {msg}")
-
-    def __str__(self) -> str:
-        return str(self.path)
-
-
-def _flat_keys(d: dict, prefix: str = "") -> set[str]:
-    out: set[str] = set()
-    for k, v in d.items():
-        out |= _flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k}
     return out
 
 
@@ -388,18 +397,10 @@ def load_search(path: str | Path, *, results_dir: str | Path = "results", storag
     if len(ds_tables) > 1:
         raise fail("datasets", f"a search runs on one dataset; drop the tables other than [datasets.{key}]")
     dataset = _dataset(key, ds_tables[key], path, fail, check_data)
-    res = _table(raw, "resources", fail)
-    for k in res:
-        if k not in ("cpu", "gpu"):
-            raise fail(f"resources.{k}", "unknown key (known: cpu, gpu)")
-    cpu = float(_typed(res.get("cpu", 1), (int, float), "resources.cpu", fail))
-    gpu = float(_typed(res.get("gpu", 0), (int, float), "resources.gpu", fail))
-    if cpu <= 0 or not 0 <= gpu <= 8:
-        raise fail("resources", "cpu must be > 0 and gpu in [0, 8] (a fraction shares one GPU)")
+    cpu, gpu = _resources(_table(raw, "resources", fail), fail)
     seed = get("seed", int, 0)
-
     base = _table(raw, "base", fail)
-    reserved = sorted(_flat_keys(base) & set(RESERVED))
+    reserved = sorted(set(_flat(base)) & set(RESERVED))
     if reserved:
         raise fail(f"base.{reserved[0]}", "is set by the search itself (the store, search.seed, "
                                          "resources.cpu, search.metric)")
@@ -413,7 +414,7 @@ def load_search(path: str | Path, *, results_dir: str | Path = "results", storag
     if grace >= fixed.train.epochs and pruner != "none":
         raise fail("search.grace_period", f"{grace} leaves nothing to prune in {fixed.train.epochs} epochs "
                                           "(train.epochs); lower it or set pruner = \"none\"")
-    space = _dimensions(raw.get("space", {}), fixed, _flat_keys(base) | _flat_keys(dataset.overrides), fail)
+    space = _dimensions(raw.get("space", {}), fixed, set(_flat(base)) | set(_flat(dataset.overrides)), fail)
 
     url = storage_url(storage or os.environ.get("OPTUNA_STORAGE") or get("storage", str, ""), results_dir)
     _check_storage(url, fail)
@@ -426,19 +427,24 @@ def load_search(path: str | Path, *, results_dir: str | Path = "results", storag
         start_from_default=get("start_from_default", bool, True), max_failures=get("max_failures", int, 1),
         cpu=cpu, gpu=gpu, base=base, space=space, fixed=fixed)
     if search.start_from_default:
-        outside = {k: v for k, v in search.defaults().items() if not _contains(search.distributions()[k], v)}
-        if outside:
-            k, v = next(iter(outside.items()))
-            raise fail(f"space.{k}", f"the default {k} = {v!r} is outside the space; widen it or set "
-                                     "search.start_from_default = false")
+        defaults = search.defaults()
+        for dim in space:
+            if not dim.contains(defaults[dim.key]):
+                raise fail(f"space.{dim.key}", f"the default {dim.key} = {defaults[dim.key]!r} is outside the "
+                                               "space; widen it or set search.start_from_default = false")
     return search
 
 
-def _contains(dist: BaseDistribution, value: Any) -> bool:
-    try:
-        return dist._contains(dist.to_internal_repr(value))
-    except (ValueError, TypeError):
-        return False
+def _resources(res: dict[str, Any], fail: _Fail) -> tuple[float, float]:
+    """(cpu, gpu) per trial, as in suites."""
+    for k in res:
+        if k not in ("cpu", "gpu"):
+            raise fail(f"resources.{k}", "unknown key (known: cpu, gpu)")
+    cpu = float(_typed(res.get("cpu", 1), (int, float), "resources.cpu", fail))
+    gpu = float(_typed(res.get("gpu", 0), (int, float), "resources.gpu", fail))
+    if cpu <= 0 or not 0 <= gpu <= 8:
+        raise fail("resources", "cpu must be > 0 and gpu in [0, 8] (a fraction shares one GPU)")
+    return cpu, gpu
 
 
 # ---- the study ---------------------------------------------------------------------------------------------
@@ -461,6 +467,22 @@ class TrialSeededSampler(optuna.samplers.TPESampler):
         self._random_sampler._rng.rng.seed(state)
 
 
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Optuna's heartbeat API is experimental, and it expects ``Study.optimize`` to send the beats; here the
+    driver sends them for the trials it asked for (:meth:`StudySearch.beat`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        yield
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Mark FAIL the RUNNING trials whose driver sent no heartbeat for ``stale_after_s``."""
+    with _quiet():
+        optuna.storages.fail_stale_trials(study)
+
+
 def open_storage(search: Search) -> optuna.storages.RDBStorage:
     """The study's RDB storage with heartbeats: a RUNNING trial silent for ``stale_after_s`` is stale."""
     kwargs: dict[str, Any] = {}
@@ -470,34 +492,38 @@ def open_storage(search: Search) -> optuna.storages.RDBStorage:
     else:
         kwargs["pool_pre_ping"] = True
     interval = max(1, search.stale_after_s // 4)
-    try:
-        return optuna.storages.RDBStorage(search.storage, engine_kwargs=kwargs, heartbeat_interval=interval,
-                                          grace_period=search.stale_after_s)
-    except Exception as e:  # noqa: BLE001 - any connection error: one line naming the storage
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SearchError(f"{search.file}: search.storage: cannot open {display_url(search.storage)}: "
-                          f"{first}") from None
+    for attempt in range(3):  # drivers starting together on an empty database race to create its tables
+        try:
+            with _quiet():
+                return optuna.storages.RDBStorage(search.storage, engine_kwargs=kwargs,
+                                                  heartbeat_interval=interval, grace_period=search.stale_after_s)
+        except Exception as e:  # noqa: BLE001 - any connection error: one line naming the storage
+            error = e
+            time.sleep(1.0 + attempt)
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise SearchError(f"{search.file}: search.storage: cannot open {display_url(search.storage)}: {first}")
 
 
 def open_study(search: Search, storage: optuna.storages.RDBStorage, fingerprint: str) -> optuna.Study:
-    """Create or load the study; a study made by a different search is an error; the first driver of a new
-    study enqueues the default config as trial 0."""
-    study = optuna.create_study(storage=storage, study_name=search.study, direction="minimize",
-                                load_if_exists=True)
+    """Create or load the study; a study made by a different search is an error. The driver that creates the
+    study (the database makes that one driver) enqueues the default config as its trial 0."""
     signature = search.signature(fingerprint)
+    try:
+        study = optuna.create_study(storage=storage, study_name=search.study, direction="minimize")
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(storage=storage, study_name=search.study)
+    else:
+        for key, value in (("signature", signature), ("name", search.name), ("metric", search.metric),
+                           ("space", [d.to_dict() for d in search.space])):
+            study.set_user_attr(f"search.{key}", value)
+        if search.start_from_default:
+            study.enqueue_trial(search.defaults(), user_attrs={"default": True})
     found = study.user_attrs.get("search.signature")
-    if found is None:
-        study.set_user_attr("search.signature", signature)
-        study.set_user_attr("search.name", search.name)
-        study.set_user_attr("search.metric", search.metric)
-        study.set_user_attr("search.space", [d.to_dict() for d in search.space])
-    elif found != signature:
+    if found is not None and found != signature:
         raise SearchError(f"{search.file}: search.study: the study {search.study!r} in "
                           f"{display_url(search.storage)} was made by a search with another objective or space "
                           f"(signature {found} != {signature}); name another study or storage")
-    optuna.storages.fail_stale_trials(study)
-    if search.start_from_default and not study.get_trials(deepcopy=False):
-        study.enqueue_trial(search.defaults(), user_attrs={"default": True}, skip_if_exists=True)
+    fail_stale(study)
     return study
 
 
@@ -555,7 +581,7 @@ class StudySearch(OptunaSearch):
     def _counted(self) -> tuple[int, int]:
         """(COMPLETE + PRUNED, live RUNNING) trials of the study, after failing stale ones."""
         running = {t._trial_id for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        optuna.storages.fail_stale_trials(self._ot_study)
+        fail_stale(self._ot_study)
         trials = self._ot_study.get_trials(deepcopy=False)
         if self.on_end is not None:
             for t in trials:
@@ -580,7 +606,8 @@ class StudySearch(OptunaSearch):
         if done + running >= self.budget:
             time.sleep(0.5)  # every slot is taken by a live trial that may still fail: ask again soon
             return None
-        params = super().suggest(trial_id)
+        with _quiet():
+            params = super().suggest(trial_id)
         ot = self._ot_trials[trial_id]
         self._ot_study._storage.record_heartbeat(ot._trial_id)
         if self._rank(ot._trial_id) > self.budget:
@@ -707,47 +734,42 @@ def _history(train_dir: Path, cfg: Config) -> list[dict[str, float]]:
     return list(state["history"]) if state.get("config_hash") == cfg.hash() else []
 
 
-def run_search_trial(spec: dict[str, Any], params: dict[str, Any]) -> None:
+def run_search_trial(search: Search, context: dict[str, Any], params: dict[str, Any]) -> None:
     """Tune function trainable of one search trial: train the sampled config, report the objective per epoch,
-    log everything to the trial's MLflow run (:class:`~benchmark.tracking.TrialRun`). Never evaluates on the
-    test split. ``spec``: the search (:func:`trial_spec`); ``params``: the sampled values and the Optuna trial."""
+    log everything to the trial's MLflow run (:class:`~benchmark.tracking.TrialRun`); the test split is never
+    evaluated. ``context``: tracking URI, experiment and parent run ids, results directory, encoder cache, git
+    commit; ``params``: the sampled values and the Optuna trial (number and id)."""
     from benchmark.tracking import TrialRun
     from benchmark.trial import _device_tags
     from diffpose.data.store import PoseStore
     from diffpose.train import fit
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    ctx = spec["context"]
-    values = {k: params[k] for k in spec["space"]}
-    number = int(params[TRIAL_NUMBER])
-    fixed = Config.from_dict(spec["fixed"], source=spec["file"])
-    cfg = fixed.override(values, source=f"{spec['file']}: trial {number}")
-    trial = Trial(dataset=spec["dataset"], variant=spec["variant"], axis="search",
-                  value=",".join(f"{k}={_short(values[k])}" for k in sorted(values)), seed=cfg.train.seed,
-                  config=cfg)
+    trial = search.trial({d.key: params[d.key] for d in search.space})
+    cfg = trial.config
     store = PoseStore.open(cfg.data.store)
-    tags = {"git.commit": ctx["git_commit"], "data.fingerprint": store.meta["fingerprint"],
-            **_device_tags(cfg.train.device), "search.name": spec["name"], "optuna.study": spec["study"],
-            "optuna.trial": str(number), "optuna.trial_id": str(params[TRIAL_ID])}
-    run = TrialRun(ctx["tracking_uri"], ctx["experiment_id"], ctx["parent_run_id"], trial, tags)
-    run.set_tags(tags)  # a run found again (same config, an earlier trial) belongs to this trial now
-    objective, metric = spec["objective"], cfg.train.metric
+    tags = {"git.commit": context["git_commit"], "data.fingerprint": store.meta["fingerprint"],
+            **_device_tags(cfg.train.device), "search.name": search.name, "optuna.study": search.study,
+            "optuna.trial": str(params[TRIAL_NUMBER]), "optuna.trial_id": str(params[TRIAL_ID])}
+    run = TrialRun(context["tracking_uri"], context["experiment_id"], context["parent_run_id"], trial, tags)
+    run.set_tags(tags)  # a run found again (the same config, an earlier trial) belongs to this trial now
     best = math.inf
 
     def on_epoch(record: dict[str, float], _checkpoint: Path | None = None) -> None:
         nonlocal best
         run.log_epoch(record)
-        best = min(best, float(record[metric]))
-        tune.report({**record, objective: best})
+        best = min(best, float(record[search.metric]))
+        tune.report({**record, search.objective: best})
 
-    train_dir = Path(ctx["results_dir"]) / "trials" / cfg.hash()
+    train_dir = Path(context["results_dir"]) / "trials" / cfg.hash()
     train_dir.mkdir(parents=True, exist_ok=True)
     try:
         with open(train_dir / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent trial of the same config waits, then reuses it
             for record in _history(train_dir, cfg):
                 on_epoch(record)
-            result = fit(cfg, train_dir, encoder_cache=ctx["encoder_cache"], on_epoch=on_epoch, progress=False)
+            result = fit(cfg, train_dir, encoder_cache=context["encoder_cache"], on_epoch=on_epoch,
+                         progress=False)
     except Exception:
         run.finish("FAILED")
         raise
@@ -756,17 +778,11 @@ def run_search_trial(spec: dict[str, Any], params: dict[str, Any]) -> None:
     out_dir = train_dir / trial.id
     out_dir.mkdir(exist_ok=True)
     (out_dir / "config.toml").write_text(cfg.to_toml())
-    history = result.history
-    run.log_final({"best_val_p1": min(h["val_p1"] for h in history), "best_val_p2": min(h["val_p2"] for h in history),
-                   "best_epoch": float(result.best_epoch), "train_seconds": result.seconds}, [out_dir / "config.toml"])
+    run.log_final({"best_val_p1": min(h["val_p1"] for h in result.history),
+                   "best_val_p2": min(h["val_p2"] for h in result.history),
+                   "best_epoch": float(result.best_epoch), "train_seconds": result.seconds},
+                  [out_dir / "config.toml"])
     run.finish()
-
-
-def trial_spec(search: Search, context: dict[str, Any]) -> dict[str, Any]:
-    """What a worker needs to rebuild and log a trial (plain data: Ray pickles it once)."""
-    return {"name": search.name, "study": search.study, "file": str(search.file), "dataset": search.dataset.key,
-            "variant": search.variant, "fixed": search.fixed.to_dict(), "space": [d.key for d in search.space],
-            "objective": search.objective, "context": context}
 
 
 # ---- the driver --------------------------------------------------------------------------------------------
@@ -870,8 +886,7 @@ def export_best(study: optuna.Study, search: Search, path: Path) -> Path | None:
         lines.append(f"# The default config (trial {d.number}, {d.state.lower()}): {d.value:.3f} mm.")
     lines += ["# Use: diffpose-bench ablate --suite SUITE --overrides THIS_FILE (merged into the suite's [base]).",
               "# The search also fixed these keys (not exported):"]
-    fixed = Config().override(search.base).flatten()
-    lines += [f"#   {k} = {_toml_scalar(fixed[k])}" for k in sorted(_flat_keys(search.base))]
+    lines += [f"#   {k} = {_toml_scalar(v)}" for k, v in sorted(_flat(search.base).items())]
     lines += ["", "[base]"] + [f"{k} = {_toml_scalar(v)}" for k, v in sorted(best.params.items())] + [""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
@@ -896,6 +911,17 @@ def _run_ender(client: Any, experiment_id: str) -> Callable[[FrozenTrial], None]
             log.warning("trial %d: could not update its MLflow run (%s)", t.number, e)
 
     return end
+
+
+def _close_stale_runs(client: Any, experiment_id: str, study: optuna.Study,
+                      end_run: Callable[[FrozenTrial], None]) -> None:
+    """Close the MLflow runs a killed driver left RUNNING whose Optuna trials have ended (failed as stale)."""
+    trials = {str(t._trial_id): t for t in study.get_trials(deepcopy=False)}
+    runs = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=10_000)
+    for r in runs:
+        t = trials.get(r.data.tags.get("optuna.trial_id", ""))
+        if t is not None and t.state.is_finished():
+            end_run(t)
 
 
 def _pretrain_encoder(search: Search, cache: Path, store: Any) -> None:
@@ -961,10 +987,7 @@ def run_search(
         "optuna.study": search.study, "optuna.storage": display_url(search.storage), "search.driver": driver,
         "search.metric": search.metric}).info.run_id
     end_run = _run_ender(client, experiment_id)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.PRUNED, TrialState.COMPLETE)):
-        if t.datetime_complete is not None and t.user_attrs.get("search.driver") is not None:
-            continue
-        end_run(t)  # stale trials a killed driver left: their runs are still RUNNING
+    _close_stale_runs(client, experiment_id, study, end_run)
 
     cache = results / "encoders"
     _pretrain_encoder(search, cache, store)
@@ -972,10 +995,9 @@ def run_search(
     res, slots = _resources(search)  # type: ignore[arg-type] - needs only .cpu and .gpu
     ctx = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent,
            "results_dir": str(results), "encoder_cache": str(cache), "git_commit": commit}
-    spec = trial_spec(search, ctx)
 
     def trainable(params: dict[str, Any]) -> None:
-        run_search_trial(spec, params)
+        run_search_trial(search, ctx, params)
 
     searcher = StudySearch(
         space=search.distributions(), objective=search.objective, study_name=search.study, storage=optuna_storage,
@@ -996,7 +1018,7 @@ def run_search(
     tuner = tune.Tuner(
         tune.with_resources(trainable, res),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler(search, searcher), num_samples=-1,
-                                    max_concurrent_trials=search.concurrency or slots, reuse_actors=False),
+                                    max_concurrent_trials=search.concurrency or slots, reuse_actors=True),
         run_config=tune.RunConfig(name=f"{search.name}-{int(time.time())}", verbose=verbose,
                                   storage_path=storage or str(results / "ray"),
                                   failure_config=tune.FailureConfig(max_failures=search.max_failures)),

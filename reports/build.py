@@ -35,6 +35,7 @@ from reports.results import (
     read_parquet,
     write_parquet,
 )
+from reports.search import SearchSection, search_sections
 from reports.tables import (
     Table,
     all_tables,
@@ -67,10 +68,11 @@ class ReportSummary:
     figures: list[str] = field(default_factory=list)  # figure names (file stems)
     warnings: list[str] = field(default_factory=list)
     message: str = ""                                 # set when there was nothing to report
+    sections: list[str] = field(default_factory=list)  # search sections (titles)
 
     @property
     def ok(self) -> bool:
-        return self.runs > 0
+        return self.runs > 0 or bool(self.sections)
 
 
 def build_report(tracking_uri: str, experiment: str, out_dir: Path, *, parquet: Path | None = None,
@@ -82,7 +84,11 @@ def build_report(tracking_uri: str, experiment: str, out_dir: Path, *, parquet: 
     frame = pull_runs(tracking_uri, experiment)
     write_parquet(frame, parquet, experiment=experiment, tracking_uri=tracking_uri)
     source = f"MLflow experiment '{experiment}' at {tracking_uri}"
-    return _build(frame, out_dir, parquet, source, _mlflow_artifacts(tracking_uri) if figures else None)
+    sections = search_sections(tracking_uri, experiment)
+    if sections:  # a search's trials are reported by its section: they have no test metrics for the tables
+        frame = frame[column(frame, param("trial.axis")) != "search"]
+    return _build(frame, out_dir, parquet, source, _mlflow_artifacts(tracking_uri) if figures else None,
+                  sections)
 
 
 def build_report_from_parquet(parquet: Path, out_dir: Path, *, figures: bool = True) -> ReportSummary:
@@ -192,8 +198,8 @@ def _plots(runs: pd.DataFrame, find: ArtifactFinder, warn: list[str]) -> list[fi
     return plots
 
 
-def _build(frame: pd.DataFrame, out_dir: Path, parquet: Path | None, source: str, find: ArtifactFinder | None
-           ) -> ReportSummary:
+def _build(frame: pd.DataFrame, out_dir: Path, parquet: Path | None, source: str, find: ArtifactFinder | None,
+           sections: list[SearchSection] | None = None) -> ReportSummary:
     """Tables, and figures unless ``find`` is None, of the finished trials in ``frame``."""
     table_dir, figure_dir = out_dir / "tables", out_dir / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -205,11 +211,18 @@ def _build(frame: pd.DataFrame, out_dir: Path, parquet: Path | None, source: str
     summary.runs = len(runs)
     tables: list[Table] = []
     plots: list[figs.Plot] = []
-    if runs.empty:
+    sections = sections or []
+    for section in sections:
+        summary.sections.append(section.title)
+        summary.warnings += section.warnings
+        for plot in section.plots if find is not None else []:
+            summary.paths += figs.save(plot, figure_dir)
+            summary.figures.append(plot.name)
+    if runs.empty and not sections:
         summary.message = (f"No finished trial runs in {source}" + (f" ({'; '.join(notes)})" if notes else "")
                            + ": no tables or figures were built.")
         log.warning(summary.message)
-    else:
+    elif not runs.empty:
         tables, warn = all_tables(runs, load_published())
         summary.warnings += warn
         for table in tables:
@@ -221,8 +234,8 @@ def _build(frame: pd.DataFrame, out_dir: Path, parquet: Path | None, source: str
             summary.figures.append(plot.name)
     for w in summary.warnings:
         log.warning("report: %s", w)
-    summary.paths += [_write_markdown(out_dir, source, summary, tables, plots),
-                      _write_latex(out_dir, source, summary, tables, plots)]
+    summary.paths += [_write_markdown(out_dir, source, summary, tables, plots, sections),
+                      _write_latex(out_dir, source, summary, tables, plots, sections)]
     return summary
 
 
@@ -233,7 +246,7 @@ def _header(source: str, summary: ReportSummary) -> str:
 
 
 def _write_markdown(out_dir: Path, source: str, summary: ReportSummary, tables: list[Table],
-                    plots: list[figs.Plot]) -> Path:
+                    plots: list[figs.Plot], sections: list[SearchSection]) -> Path:
     lines = ["# diffpose-bench report", "", _header(source, summary), ""]
     if summary.message:
         lines += [f"**{summary.message}**", ""]
@@ -248,13 +261,17 @@ def _write_markdown(out_dir: Path, source: str, summary: ReportSummary, tables: 
         for p in plots:
             lines += [f"![{p.caption}](figures/{p.name}.png)", "",
                       f"*{p.caption}* ([PDF](figures/{p.name}.pdf))", ""]
+    for s in sections:
+        lines += s.markdown
+        lines += [line for p in s.plots if p.name in summary.figures for line in (
+            f"![{p.caption}](figures/{p.name}.png)", "", f"*{p.caption}* ([PDF](figures/{p.name}.pdf))", "")]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
 
 
 def _write_latex(out_dir: Path, source: str, summary: ReportSummary, tables: list[Table],
-                 plots: list[figs.Plot]) -> Path:
+                 plots: list[figs.Plot], sections: list[SearchSection]) -> Path:
     lines = [r"\documentclass[10pt]{article}",
              r"\usepackage[a4paper,landscape,margin=1.6cm]{geometry}",     # Table-1 layouts: 19 columns
              r"\usepackage{booktabs}",
@@ -271,7 +288,9 @@ def _write_latex(out_dir: Path, source: str, summary: ReportSummary, tables: lis
     lines += [rf"\input{{tables/{t.name}}}" for t in tables]
     if plots:
         lines.append(r"\clearpage")
-    for p in plots:
+    for s in sections:
+        lines += s.latex
+    for p in plots + [p for s in sections for p in s.plots if p.name in summary.figures]:
         lines += [r"\begin{figure}[htbp]", r"\centering",
                   rf"\includegraphics[width=0.9\linewidth,height=0.75\textheight,keepaspectratio]"
                   rf"{{figures/{p.name}.pdf}}",
