@@ -20,3 +20,15 @@ def mocap_store(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("stores") / "mocap17"
     prepare("mocap17", MOCAP_ROOT, out)
     return out
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tests run tiny tensors, where a second intra-op thread costs more in synchronisation than it gains
+    (and on a busy machine far more); trials started by Ray set their own threads."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
