@@ -111,7 +111,7 @@ class TrialRun:
             return
         now = _now_ms()
         # "train_seconds" is also a final metric (the whole training); an epoch's own is named apart.
-        names = {"train_seconds": "epoch_train_seconds", "epoch_seconds": "epoch_seconds"}
+        names = {"train_seconds": "epoch_train_seconds"}
         self.client.log_batch(self.run_id, metrics=[
             Metric(names.get(k, k), float(v), now, epoch) for k, v in record.items() if k != "epoch"])
         self.logged_epochs = epoch
