@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffpose.data import skeleton
-from diffpose.models.graph import Dropout, SemGraphConv
+from diffpose.models.graph import Dropout, SemGraphConv, residual
 
 # SemGCN's grouping of the 17 Human3.6M joints for its non-local layers (pairs of related joints; the head
 # alone), from its ``h36m_dataset.py``; the non-local layer max-pools keys and values over each pair.
@@ -31,12 +31,12 @@ class ResidualLinear(nn.Module):
     def __init__(self, dim: int, dropout: float) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(), Dropout(dropout),
-            nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(), Dropout(dropout),
+            nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True), Dropout(dropout),
+            nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True), Dropout(dropout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.layers(x)
+        return residual(x, self.layers(x))
 
 
 class SimpleBaseline(nn.Module):
@@ -49,7 +49,8 @@ class SimpleBaseline(nn.Module):
         super().__init__()
         self.joints, self.out_dim = joints, out_dim
         self.input = nn.Sequential(
-            nn.Linear(joints * in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), Dropout(dropout),
+            nn.Linear(joints * in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            Dropout(dropout),
         )
         self.blocks = nn.Sequential(*(ResidualLinear(hidden, dropout) for _ in range(blocks)))
         self.head = nn.Linear(hidden, joints * out_dim)
@@ -75,7 +76,7 @@ class SemGraphBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv(x)  # (B, J, C)
         h = self.norm(h.reshape(-1, h.shape[-1])).view(h.shape)
-        return self.drop(F.relu(h))
+        return self.drop(F.relu(h, inplace=True))
 
 
 class GraphNonLocal(nn.Module):
@@ -137,7 +138,7 @@ class SemResBlock(nn.Module):
         self.block2 = SemGraphBlock(dim, dim, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.block2(self.block1(x))
+        return residual(x, self.block2(self.block1(x)))
 
 
 class SemGCN(nn.Module):
