@@ -1,6 +1,8 @@
 """`make bench`: speed and memory of the data path and of every lifter, written as JSON.
 
-Timings are medians over repeats after a warm-up, at the thread count torch is given (``--threads``).
+Timings are medians over repeats after a warm-up, at the thread count torch is given (``--threads``). The
+video models at T = 243 are timed on a few windows, once, without warm-up (each case records its batch size,
+repeats and warm-up).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ import torch
 from diffpose.config import VARIANTS, Config
 from diffpose.data.store import PoseStore, Sampler
 from diffpose.lifters import build_lifter
-from diffpose.train import set_threads, splits
+from diffpose.train import count_flops, set_threads, splits
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +71,12 @@ def bench_store(store_path: Path, batch_size: int = 1024, repeats: int = 20) -> 
     return out
 
 
-def _flops_per_call(fn: Callable[[], object]) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return float(counter.get_total_flops())
-
-
-def bench_lifter(cfg: Config, store: PoseStore, batch_size: int, repeats: int, cache: Path) -> dict[str, Any]:
+def bench_lifter(cfg: Config, store: PoseStore, batch_size: int, repeats: int, cache: Path,
+                 warmup: int = 1) -> dict[str, Any]:
     """Training samples/s (loss, backward, Adam step), inference poses/s, parameters and FLOPs per pose, with
-    random weights (speed does not depend on them). DiffPose's encoder is built untrained."""
+    random weights (speed does not depend on them). DiffPose's encoder is built untrained. A sample is a
+    window of ``data.frames``; inference gives its centre frame (sliding evaluation) and, for lifters that
+    predict every frame, all T of them (chunked evaluation: ``chunk_poses_per_second``)."""
     rows = splits(cfg, store)
     sampler = Sampler(store, frames=cfg.data.frames, kernels=cfg.data.kernels)
     lifter = build_lifter(cfg, store, rows.train, device=torch.device("cpu"), encoder_cache=cache,
@@ -101,19 +99,62 @@ def bench_lifter(cfg: Config, store: PoseStore, batch_size: int, repeats: int, c
             lifter.predict(eval_batch, g)
 
     lifter.train()
-    train_s = _median_seconds(train_step, repeats)
+    train_s = _median_seconds(train_step, repeats, warmup)
     lifter.eval()
-    infer_s = _median_seconds(infer, repeats)
+    infer_s = _median_seconds(infer, repeats, warmup)
     one = sampler.batch(idx[:1])
     with torch.inference_mode():
-        flops = _flops_per_call(lambda: lifter.predict(one, g))
-    return {
+        flops = count_flops(lambda: lifter.predict(one, g))
+    out = {
+        "frames": cfg.data.frames,
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "warmup": warmup,
         "train_samples_per_second": batch_size / train_s,
         "inference_poses_per_second": batch_size / infer_s,
         "params": sum(p.numel() for p in lifter.parameters()),
         "trainable_params": sum(p.numel() for p in params),
         "flops_per_pose": flops,
     }
+    if cfg.data.frames > 1 and lifter.predicts_frames:
+        def infer_frames() -> None:
+            with torch.inference_mode():
+                lifter.predict_frames(eval_batch, g)
+
+        seconds = _median_seconds(infer_frames, repeats, warmup)
+        out["chunk_poses_per_second"] = batch_size * cfg.data.frames / seconds
+    return out
+
+
+@dataclass(frozen=True)
+class Case:
+    """One lifter setting to time. ``batch_size`` / ``repeats`` of 0 take the run's; the slow video models
+    use fewer windows and repeats (recorded in the result)."""
+
+    overrides: dict[str, Any]
+    batch_size: int = 0
+    repeats: int = 0
+    warmup: int = 1
+
+
+def bench_cases() -> dict[str, Case]:
+    """Frame-based lifters and DiffPose settings, then the video models at T = 27 and 243 (released widths:
+    VideoPose3D 1024 channels, MixSTE 512 wide and 8 deep, about 2-4 s per 243-frame window on a 2-core CPU,
+    so a few windows and a single repeat)."""
+    cases = {name: Case(VARIANTS[name][2]) for name in ("graformer", "semgcn", "simple_baseline")}
+    for k, n in ((2, 1), (5, 5), (50, 1)):
+        cases[f"diffpose_K{k}_N{n}"] = Case({"diffusion.steps": k, "diffusion.hypotheses": n})
+    cases["diffpose_refiner"] = Case(VARIANTS["refiner"][2])
+    video = {"encoder.lifter": "mixste"}
+    for t, vp_batch, mix_batch, repeats in ((27, 256, 4, 2), (243, 32, 1, 1)):
+        warmup = 1 if t == 27 else 0
+        cases[f"videopose3d_T{t}"] = Case({**VARIANTS["videopose3d"][2], "data.frames": t}, vp_batch, repeats,
+                                          warmup)
+        cases[f"mixste_T{t}"] = Case({**VARIANTS["mixste"][2], "data.frames": t}, mix_batch, repeats, warmup)
+        cases[f"diffpose_video_refiner_T{t}"] = Case({**VARIANTS["refiner"][2], **video, "data.frames": t},
+                                                     mix_batch, repeats, warmup)
+    cases["diffpose_video_T27"] = Case({**video, "data.frames": 27}, 4, 2)
+    return cases
 
 
 def run_bench(store_path: Path, out: Path, *, threads: int = 0, batch_size: int = 1024, repeats: int = 5,
@@ -130,14 +171,11 @@ def run_bench(store_path: Path, out: Path, *, threads: int = 0, batch_size: int 
     store = PoseStore.open(store_path)
     base = Config().override({"data.store": str(store_path)})
     lifters: dict[str, Any] = {}
-    cases = {name: VARIANTS[name][2] for name in ("graformer", "semgcn", "simple_baseline")}
-    for k, n in ((2, 1), (5, 5), (50, 1)):
-        cases[f"diffpose_K{k}_N{n}"] = {"diffusion.steps": k, "diffusion.hypotheses": n}
-    cases["diffpose_refiner"] = VARIANTS["refiner"][2]
     cache = out.parent / ".bench-encoders"
-    for name, overrides in cases.items():
-        cfg = base.override(overrides)
-        lifters[name] = bench_lifter(cfg, store, batch_size, 2 if quick else repeats, cache)
+    for name, case in bench_cases().items():
+        cfg = base.override(case.overrides)
+        reps = min(case.repeats or repeats, 2 if quick else repeats)
+        lifters[name] = bench_lifter(cfg, store, case.batch_size or batch_size, reps, cache, case.warmup)
         log.info("%s: %s", name, lifters[name])
     result["lifters"] = lifters
     result["peak_rss_mib"] = peak_rss_mib()
@@ -153,10 +191,12 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
              + ", ".join(f"T={t} {s[f'sampler_T{t}_samples_per_second']:,.0f}" for t in (1, 27, 243))]
     for name, r in result["lifters"].items():
         gflops = r["flops_per_pose"] * r["inference_poses_per_second"] / 1e9
-        lines.append(f"{name:22s} train {r['train_samples_per_second']:8,.0f}/s  infer "
-                     f"{r['inference_poses_per_second']:9,.0f}/s  params {r['params'] / 1e6:6.2f} M  "
-                     f"{r['flops_per_pose'] / 1e6:7.1f} MFLOP/pose  ({gflops:5.1f} GFLOP/s inference)")
+        chunks = f"  chunks {r['chunk_poses_per_second']:9,.1f}/s" if "chunk_poses_per_second" in r else ""
+        lines.append(f"{name:28s} train {r['train_samples_per_second']:8,.1f}/s  infer "
+                     f"{r['inference_poses_per_second']:9,.1f}/s  params {r['params'] / 1e6:6.2f} M  "
+                     f"{r['flops_per_pose'] / 1e6:9.1f} MFLOP/pose  ({gflops:5.1f} GFLOP/s inference)"
+                     + chunks)
     return lines
 
 
-__all__ = ["run_bench", "summary_lines", "bench_store", "bench_lifter", "np"]
+__all__ = ["run_bench", "summary_lines", "bench_store", "bench_lifter", "bench_cases", "Case", "np"]

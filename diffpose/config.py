@@ -28,13 +28,18 @@ class Data:
     train_subjects: tuple[str, ...] = ()  # () = the store's training split minus the validation subjects
     val_subjects: tuple[str, ...] = ()    # () = the store's default validation subjects (training subjects)
     test_subjects: tuple[str, ...] = ()   # () = the store's test split
-    frames: int = 1                       # window length T; 1 = frame-based
+    frames: int = 1                       # window length T; 1 = frame-based (VideoPose3D: 27, 81 or 243)
     kernels: int = 0                      # 2D GMM kernels kept, heaviest first; 0 = all in the store
     draw_kernels: bool = True             # training 2D input: a GMM kernel drawn per joint from pi
     flip_augment: bool = True             # random left/right mirroring in training
     flip_test: bool = False               # average with the mirrored prediction at evaluation
     train_stride: int = 1                 # every n-th training frame
     eval_stride: int = 1                  # every n-th validation/test frame
+    # "sliding": every evaluated frame is the centre of its own edge-padded window. "chunks": the released
+    # MixSTE/DiffPose-video protocol, consecutive windows of T frames per clip (the last one ending at the
+    # clip's end), every frame predicted once from the window it falls in; lifters with one output per window
+    # (VideoPose3D, whose released full-sequence evaluation equals "sliding") are evaluated sliding.
+    eval_mode: str = "sliding"
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,8 @@ class Model:
 
 @dataclass(frozen=True)
 class Encoder:
-    """DiffPose's context encoder: trained first as a lifter (cached by its config hash), then frozen."""
+    """DiffPose's context encoder: trained first as a lifter (cached by its config hash), then frozen.
+    Unset architecture keys take the encoder lifter's published defaults, as for the model."""
 
     lifter: str = "graformer"
     hidden: int = 96
@@ -122,6 +128,8 @@ class Config:
         nested = _nest(d, source)
         lifter = nested.get("model", {}).get("lifter", Model.lifter)
         model_defaults = dict(LIFTER_MODEL_DEFAULTS.get(lifter, {}))
+        encoder_lifter = nested.get("encoder", {}).get("lifter", Encoder.lifter)
+        encoder_defaults = dict(LIFTER_MODEL_DEFAULTS.get(encoder_lifter, {}))
         sections = {}
         for f in dataclasses.fields(cls):
             given = nested.pop(f.name, {})
@@ -129,6 +137,8 @@ class Config:
                 raise ConfigError(f"{source}: [{f.name}] must be a table, got {type(given).__name__}")
             if f.name == "model":
                 given = {**model_defaults, **given}
+            elif f.name == "encoder":
+                given = {**encoder_defaults, **given}
             sections[f.name] = _build(_SECTIONS[f.name], given, f.name, source)
         if nested:
             raise ConfigError(f"{source}: unknown section {sorted(nested)[0]!r} "
@@ -150,12 +160,15 @@ class Config:
         return cls.from_dict(raw, source=str(path))
 
     def override(self, changes: dict[str, Any], source: str = "override") -> Config:
-        """A new Config with dotted-key ``changes`` applied. Changing ``model.lifter`` resets the model
-        architecture to that lifter's defaults, except keys given in ``changes`` too."""
+        """A new Config with dotted-key ``changes`` applied. Changing ``model.lifter`` (``encoder.lifter``)
+        resets the model's (encoder's) architecture to that lifter's defaults, except keys given in
+        ``changes`` too."""
         base = self.to_dict()
         flat_changes = _flatten_dict(_nest(changes, source))
         if "model.lifter" in flat_changes and flat_changes["model.lifter"] != self.model.lifter:
             base["model"] = {"lifter": flat_changes["model.lifter"]}
+        if "encoder.lifter" in flat_changes and flat_changes["encoder.lifter"] != self.encoder.lifter:
+            base["encoder"] = {k: v for k, v in base["encoder"].items() if k not in _ARCHITECTURE}
         merged = _flatten_dict(base)
         merged.update(flat_changes)
         return Config.from_dict(merged, source=source)
@@ -183,10 +196,13 @@ class Config:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def encoder_config(self) -> Config:
-        """The context encoder's own config: same data and seed, the encoder as the lifter, no diffusion."""
+        """The context encoder's own config: same data and seed, the encoder as the lifter, no diffusion.
+        A frame-based encoder is trained on single frames (data.frames = 1), a temporal one on windows of
+        data.frames."""
         e = self.encoder
+        frames = self.data.frames if e.lifter in TEMPORAL_LIFTERS else 1
         return Config(
-            data=self.data,
+            data=dataclasses.replace(self.data, frames=frames),
             model=Model(lifter=e.lifter, hidden=e.hidden, blocks=e.blocks, heads=e.heads, dropout=e.dropout),
             train=dataclasses.replace(self.train, epochs=e.epochs or self.train.epochs, lr=e.lr or self.train.lr),
         )
@@ -200,12 +216,22 @@ class Config:
         need(d.frames >= 1 and d.frames % 2 == 1, "data.frames", f"must be odd and >= 1, got {d.frames}")
         need(d.kernels >= 0, "data.kernels", "must be >= 0")
         need(d.train_stride >= 1 and d.eval_stride >= 1, "data.*_stride", "must be >= 1")
+        need(d.eval_mode in ("sliding", "chunks"), "data.eval_mode", f"must be 'sliding' or 'chunks', got "
+                                                                     f"{d.eval_mode!r}")
+        if m.lifter == "videopose3d":
+            need(d.frames in VIDEOPOSE3D_FRAMES, "data.frames",
+                 f"must be a receptive field of VideoPose3D ({', '.join(map(str, VIDEOPOSE3D_FRAMES))}) for "
+                 f"model.lifter 'videopose3d', got {d.frames}")
         need(m.lifter in LIFTER_MODEL_DEFAULTS, "model.lifter",
              f"unknown lifter {m.lifter!r} (known: {', '.join(sorted(LIFTER_MODEL_DEFAULTS))})")
         need(self.encoder.lifter in LIFTER_MODEL_DEFAULTS and self.encoder.lifter != "diffpose",
              "encoder.lifter", f"must be a baseline lifter, got {self.encoder.lifter!r}")
         need(m.hidden > 0 and m.blocks > 0 and m.heads > 0, "model.hidden/blocks/heads", "must be > 0")
         need(m.hidden % m.heads == 0, "model.hidden", f"{m.hidden} must be divisible by model.heads {m.heads}")
+        e = self.encoder
+        need(e.hidden > 0 and e.blocks > 0 and e.heads > 0, "encoder.hidden/blocks/heads", "must be > 0")
+        need(e.hidden % e.heads == 0, "encoder.hidden",
+             f"{e.hidden} must be divisible by encoder.heads {e.heads}")
         need(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
         need(df.mode in ("paper", "refiner"), "diffusion.mode", f"must be 'paper' or 'refiner', got {df.mode!r}")
         need(df.schedule in ("linear", "cosine"), "diffusion.schedule", f"unknown schedule {df.schedule!r}")
@@ -227,13 +253,21 @@ class Config:
         need(t.metric in ("val_p1", "val_p2"), "train.metric", "must be 'val_p1' or 'val_p2'")
 
 
-# Published architecture defaults per lifter (model section); every key of the registry has an entry.
+# Published architecture defaults per lifter (model and encoder sections); every key of the registry has one.
 LIFTER_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "diffpose": {"hidden": 96, "blocks": 5, "heads": 4, "dropout": 0.25},        # released gcndiff
     "graformer": {"hidden": 96, "blocks": 5, "heads": 4, "dropout": 0.25},       # released gcnpose
     "simple_baseline": {"hidden": 1024, "blocks": 2, "heads": 1, "dropout": 0.5},  # Martinez et al. 2017
     "semgcn": {"hidden": 128, "blocks": 4, "heads": 1, "dropout": 0.0},          # Zhao et al. 2019
+    # Zhang et al. 2022 / DiffPose video: width 512, depth 8, 8 heads, no dropout (stochastic depth 0.1).
+    "mixste": {"hidden": 512, "blocks": 8, "heads": 8, "dropout": 0.0},
+    # Pavllo et al. 2019: 1024 channels, dropout 0.25. blocks is unused: the depth follows data.frames.
+    "videopose3d": {"hidden": 1024, "blocks": 1, "heads": 1, "dropout": 0.25},
 }
+# Lifters that read the whole window of data.frames (the others read its centre frame).
+TEMPORAL_LIFTERS: frozenset[str] = frozenset({"mixste", "videopose3d"})
+# VideoPose3D's released receptive fields (diffpose.models.temporal.FILTER_WIDTHS).
+VIDEOPOSE3D_FRAMES: tuple[int, ...] = (27, 81, 243)
 
 # Named variants: config overrides applied on top of a suite's base config. (axis, value) say which
 # ablation axis a variant belongs to; "full" is the reference every axis is compared with.
@@ -252,6 +286,9 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "graformer": ("baseline", "graformer", {"model.lifter": "graformer"}),
     "semgcn": ("baseline", "semgcn", {"model.lifter": "semgcn"}),
     "simple_baseline": ("baseline", "simple_baseline", {"model.lifter": "simple_baseline"}),
+    # Temporal baselines: they take data.frames from the base config (VideoPose3D: 27, 81 or 243).
+    "videopose3d": ("baseline", "videopose3d", {"model.lifter": "videopose3d"}),
+    "mixste": ("baseline", "mixste", {"model.lifter": "mixste"}),
 }
 
 # Axes whose values a suite lists ("steps = [1, 2, 5]"): each value is a variant of "full".
@@ -261,6 +298,7 @@ AXES: dict[str, str] = {"steps": "diffusion.steps", "kernels": "data.kernels", "
 INFERENCE_AXES: frozenset[str] = frozenset({"steps", "hypotheses"})
 
 
+_ARCHITECTURE = ("hidden", "blocks", "heads", "dropout")
 _SECTIONS = {"data": Data, "model": Model, "encoder": Encoder, "diffusion": Diffusion, "train": Train}
 
 

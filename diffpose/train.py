@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from diffpose import metrics
 from diffpose.config import Config
-from diffpose.data.store import PoseStore, Sampler
+from diffpose.data.store import Batch, PoseStore, Sampler
 from diffpose.lifters import Lifter, build_lifter
 
 log = logging.getLogger(__name__)
@@ -254,35 +254,118 @@ def fit(
                      best_metric=best_metric, history=history, seconds=time.perf_counter() - t_start)
 
 
+def chunk_windows(store: PoseStore, rows: np.ndarray, frames: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The windows of the released chunked evaluation that hold ``rows``.
+
+    A clip of L frames is cut into n = ceil(L / T) windows of T = ``frames``: window i starts at frame i*T,
+    except the last, which ends at the clip's last frame (it starts at max(L - T, 0)). Window i owns frames
+    [i*T, min((i+1)*T, L)): every frame of the clip is owned by exactly one window, and scored once (the
+    released code scores the overlap of the last window twice). A window is named by its centre row, which
+    must lie in the clip: a clip shorter than T is edge-padded on both sides, where the released code pads
+    its end only. Only windows that own one of ``rows`` are returned, in store order.
+
+    Returns (centre rows (C,), first owned frame (C,), end of the owned frames (C,)), int64.
+    """
+    _, first, clip_of_row = np.unique(store.clip[rows], return_index=True, return_inverse=True)
+    start, length = store.clip_start[rows[first]], store.clip_len[rows[first]]          # (clips,)
+    count = -(-length // frames)                                                          # ceil(L / T)
+    offset = np.cumsum(count) - count                                       # first window of each clip
+    needed = np.unique(offset[clip_of_row] + store.frame[rows] // frames)   # the windows owning rows
+    clip = np.searchsorted(offset, needed, side="right") - 1                              # (C,)
+    index, start, length = needed - offset[clip], start[clip], length[clip]
+    window_start = np.minimum(index * frames, np.maximum(length - frames, 0))
+    centre = np.minimum(window_start + frames // 2, length - 1)
+    lo = index * frames
+    hi = np.minimum(lo + frames, length)
+    return (start + centre).astype(np.int64), lo.astype(np.int64), hi.astype(np.int64)
+
+
+def _predict(lifter: Lifter, sampler: Sampler, batch: Batch, generator: torch.Generator, flip_test: bool,
+             every_frame: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pose (B, J, 3) of the centre frames, or (B, T, J, 3) of every frame, and the hypotheses (H, ...);
+    with ``flip_test`` the mirrored windows' prediction is mirrored back and averaged in (its hypotheses are
+    appended)."""
+    from diffpose.data.store import mirror
+
+    run = lifter.predict_frames if every_frame else lifter.predict
+    out = run(batch, generator)
+    pose, h = out.pose, out.hypotheses
+    if flip_test:
+        out_f = run(sampler.batch(batch.rows, flip=torch.ones_like(batch.flipped)), generator)
+        pose = 0.5 * (pose + mirror(out_f.pose, sampler.perm))
+        if h is not None and out_f.hypotheses is not None:
+            h = torch.cat([h, mirror(out_f.hypotheses, sampler.perm)], dim=0)
+    return pose, h
+
+
+def uses_chunks(lifter: Lifter, cfg: Config) -> bool:
+    """Whether ``cfg.data.eval_mode = "chunks"`` applies: windows of T > 1 frames and a lifter that gives a
+    pose for every frame (at T = 1 both modes are the same)."""
+    return cfg.data.eval_mode == "chunks" and cfg.data.frames > 1 and lifter.predicts_frames
+
+
 @torch.inference_mode()
 def predict_rows(
     lifter: Lifter, sampler: Sampler, rows: np.ndarray, cfg: Config, generator_seed: int = 0
 ) -> dict[str, torch.Tensor]:
-    """Predictions for store ``rows`` (centre frames): pose (N, J, 3) in metres, root-relative; the
-    hypotheses (H, N, J, 3) when the lifter samples several; with ``data.flip_test`` the mirrored input's
-    prediction is mirrored back and averaged in."""
-    from diffpose.data.store import mirror
+    """Predictions for store ``rows``: pose (N, J, 3) in metres, root-relative; the hypotheses (H, N, J, 3)
+    when the lifter samples several; the target (N, J, 3). With ``data.flip_test`` the mirrored input's
+    prediction is mirrored back and averaged in.
 
+    ``data.eval_mode`` "sliding": each row is the centre of its own window (``train.eval_batch_size``
+    windows per batch). "chunks" (lifters that predict every frame): the windows of :func:`chunk_windows`
+    over the rows' clips (``train.eval_batch_size // T`` windows per batch), each row taken from the window
+    that owns it.
+    """
     lifter.eval()
     generator = torch.Generator(device=sampler.device).manual_seed(generator_seed)
-    poses, hyps, targets = [], [], []
-    for batch in sampler.sequential(rows, cfg.train.eval_batch_size):
-        out = lifter.predict(batch, generator)
-        pose, h = out.pose, out.hypotheses
-        if cfg.data.flip_test:
-            flipped = sampler.batch(batch.rows, flip=torch.ones_like(batch.flipped))
-            out_f = lifter.predict(flipped, generator)
-            pose = 0.5 * (pose + mirror(out_f.pose, sampler.perm))
-            if h is not None and out_f.hypotheses is not None:
-                h = torch.cat([h, mirror(out_f.hypotheses, sampler.perm)], dim=0)
-        poses.append(pose.float())
-        targets.append(batch.pose_3d[:, sampler.frames // 2].float())
+    flip_test = cfg.data.flip_test
+    if not uses_chunks(lifter, cfg):
+        poses, hyps, targets = [], [], []
+        for batch in sampler.sequential(rows, cfg.train.eval_batch_size):
+            pose, h = _predict(lifter, sampler, batch, generator, flip_test, every_frame=False)
+            poses.append(pose.float())
+            targets.append(batch.pose_3d[:, sampler.frames // 2].float())
+            if h is not None:
+                hyps.append(h.float())
+        result = {"pose": torch.cat(poses), "target": torch.cat(targets)}
+        if hyps:
+            result["hypotheses"] = torch.cat(hyps, dim=1)
+        return result
+
+    store, t = sampler.store, sampler.frames
+    centres, lo, hi = (torch.from_numpy(a).to(sampler.device) for a in chunk_windows(store, rows, t))
+    slot = torch.full((len(store),), -1, dtype=torch.int64, device=sampler.device)       # store row -> output
+    slot[torch.from_numpy(rows).to(sampler.device)] = torch.arange(len(rows), device=sampler.device)
+    pose_out = torch.zeros(len(rows), *sampler.pose_3d.shape[1:], device=sampler.device)
+    hyps_out: torch.Tensor | None = None
+    per_batch = max(1, cfg.train.eval_batch_size // t)
+    for i in range(0, len(centres), per_batch):
+        c = centres[i:i + per_batch]
+        batch = sampler.batch(c)
+        pose, h = _predict(lifter, sampler, batch, generator, flip_test, every_frame=True)  # (B, T, J, 3)
+        frame = sampler.frame[c, None] - t // 2 + torch.arange(t, device=c.device)   # (B, T) unclamped
+        owned = (frame >= lo[i:i + per_batch, None]) & (frame < hi[i:i + per_batch, None])
+        row = (sampler.clip_start[c, None] + frame).clamp(0, len(store) - 1)          # (B, T)
+        target_slot = torch.where(owned, slot[row], -1)
+        keep = target_slot >= 0
+        pose_out[target_slot[keep]] = pose[keep].float()
         if h is not None:
-            hyps.append(h.float())
-    result = {"pose": torch.cat(poses), "target": torch.cat(targets)}
-    if hyps:
-        result["hypotheses"] = torch.cat(hyps, dim=1)
+            if hyps_out is None:
+                hyps_out = torch.zeros(h.shape[0], *pose_out.shape, device=sampler.device)
+            hyps_out[:, target_slot[keep]] = h[:, keep].float()
+    result = {"pose": pose_out, "target": sampler.pose_3d[torch.from_numpy(rows).to(sampler.device)].float()}
+    if hyps_out is not None:
+        result["hypotheses"] = hyps_out
     return result
+
+
+def consecutive_pairs(store: PoseStore, rows: np.ndarray) -> np.ndarray:
+    """Indices i into ``rows`` such that rows[i] and rows[i + 1] are consecutive frames of one clip (the
+    pairs MPJVE is computed over; none at ``data.eval_stride`` > 1)."""
+    a, b = rows[:-1], rows[1:]
+    return np.flatnonzero((store.clip[a] == store.clip[b]) & (store.frame[b] == store.frame[a] + 1))
 
 
 def evaluate_rows(
@@ -294,10 +377,11 @@ def evaluate_rows(
     generator_seed: int = 0,
     save_predictions: Path | None = None,
 ) -> dict[str, Any]:
-    """P1/P2 (mm) over ``rows``, overall (mean of the per-action means) and per action class; with several
-    hypotheses also the oracle J-Best/P-Best and the spread-error correlation; MPI-INF-3DHP adds PCK/AUC.
-    ``save_predictions``: an npz with pose, target (metres), action, subject and, with several hypotheses,
-    the per-joint spread."""
+    """P1/P2 (mm) over ``rows``, overall (mean of the per-action means) and per action class; MPJVE
+    (mm/frame, mean of the per-action means over pairs of consecutive frames, when ``rows`` hold any); with
+    several hypotheses also the oracle J-Best/P-Best and the spread-error correlation; MPI-INF-3DHP adds
+    PCK/AUC. ``save_predictions``: an npz with pose, target (metres), action, subject and, with several
+    hypotheses, the per-joint spread."""
     pred = predict_rows(lifter, sampler, rows, cfg, generator_seed)
     pose, target = pred["pose"], pred["target"]
     if save_predictions is not None:
@@ -322,6 +406,18 @@ def evaluate_rows(
         "per_action": {name: {"p1": float(a1[i]), "p2": float(a2[i]), "frames": int(counts[i])}
                        for i, name in enumerate(store.action_classes) if counts[i] > 0},
     }
+    pairs = consecutive_pairs(store, rows)
+    if len(pairs):
+        idx = torch.from_numpy(pairs).to(pose.device)
+        both = torch.stack([idx, idx + 1], dim=1)                              # (P, 2)
+        velocity = metrics.mpjve(pose[both], target[both])[:, 0] * mm          # (P,) mm/frame
+        pair_codes = codes[idx]
+        av = metrics.per_action_means(velocity, pair_codes, n_actions)
+        out["mpjve"] = float(metrics.mean_of_action_means(velocity, pair_codes, n_actions))
+        out["mpjve_frames"] = float(velocity.mean())
+        for i, name in enumerate(store.action_classes):
+            if name in out["per_action"] and not torch.isnan(av[i]):
+                out["per_action"][name]["mpjve"] = float(av[i])
     if store.meta["dataset"] == "mpi3dhp":
         # The official protocol: PCK/AUC over 14 joints, each metric the mean of the per-sequence values.
         from diffpose.data.mpi3dhp import PCK_JOINTS
@@ -345,14 +441,32 @@ def evaluate_rows(
     return out
 
 
-def flops_per_pose(lifter: Lifter, sampler: Sampler, row: int, flip_test: bool = False) -> float:
-    """Forward FLOPs of one prediction (every encoder and denoiser call, all hypotheses)."""
-    from torch.utils.flop_counter import FlopCounterMode
+def count_flops(fn: Callable[[], object]) -> float:
+    """Floating-point operations of ``fn()`` as torch's FlopCounterMode counts them (a multiply-add is 2),
+    with attention counted on the CPU too: the counter knows SDPA's CUDA kernels only, and MixSTE's attention
+    runs SDPA's CPU kernel here."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+    def cpu_sdpa(query_shape, key_shape, value_shape, *_, **__) -> int:  # called with the inputs' shapes
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def flops_per_pose(lifter: Lifter, sampler: Sampler, row: int, flip_test: bool = False,
+                   every_frame: bool = False) -> float:
+    """Forward FLOPs of one prediction (every encoder and denoiser call, all hypotheses); ``every_frame``:
+    those of one window predicting all of its T frames, divided by T (chunked evaluation)."""
     batch = sampler.batch(torch.tensor([row]))
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        lifter.predict(batch, torch.Generator(device=sampler.device).manual_seed(0))
-    return float(counter.get_total_flops()) * (2.0 if flip_test else 1.0)
+    run = lifter.predict_frames if every_frame else lifter.predict
+    generator = torch.Generator(device=sampler.device).manual_seed(0)
+    with torch.inference_mode():
+        flops = count_flops(lambda: run(batch, generator))
+    per_pose = flops / (sampler.frames if every_frame else 1)
+    return per_pose * (2.0 if flip_test else 1.0)
 
 
 def evaluate(cfg: Config, checkpoint: str | Path, split: str = "test", *, encoder_cache: str | Path | None = None,
@@ -375,7 +489,8 @@ def evaluate(cfg: Config, checkpoint: str | Path, split: str = "test", *, encode
                            save_predictions=save_predictions)
     seconds = time.perf_counter() - t0
     result["params"] = sum(p.numel() for p in lifter.parameters())
-    result["flops_per_pose"] = flops_per_pose(lifter, sampler, int(chosen[0]), cfg.data.flip_test)
+    chunks = uses_chunks(lifter, cfg)
+    result["flops_per_pose"] = flops_per_pose(lifter, sampler, int(chosen[0]), cfg.data.flip_test, chunks)
     result.update({
         "split": split, "subjects": list(rows.subjects[split]), "dataset": store.meta["dataset"],
         "detector": store.meta["detector"], "store_fingerprint": store.meta["fingerprint"],
@@ -383,6 +498,10 @@ def evaluate(cfg: Config, checkpoint: str | Path, split: str = "test", *, encode
         "config_hash": cfg.hash(), "device": str(dev), "seconds": seconds,
         "poses_per_second": len(chosen) / max(seconds, 1e-9),
         "protocol": {"flip_test": cfg.data.flip_test, "frames": cfg.data.frames,
+                     "eval_mode": "chunks" if chunks else "sliding",
+                     "eval_stride": cfg.data.eval_stride,
+                     "mpjve": "mm/frame over consecutive evaluated frames of a clip, mean of per-action "
+                              "means",
                      "hypotheses": cfg.diffusion.hypotheses if cfg.model.lifter == "diffpose" else 1,
                      "aggregation": cfg.diffusion.aggregate, "p1": "MPJPE, mean of per-action means",
                      "p2": "P-MPJPE (per-sample Procrustes), mean of per-action means"},

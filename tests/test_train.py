@@ -1,5 +1,6 @@
 """Train then evaluate on the shipped stand-in, end to end: every lifter and DiffPose variant from the CLI,
-resuming, determinism, and the evaluation JSON."""
+the temporal baselines and video DiffPose on windows of 27 frames, resuming, determinism, and the evaluation
+JSON."""
 
 import json
 
@@ -43,6 +44,53 @@ def test_every_lifter_and_variant_trains_and_evaluates_from_the_cli(mocap_store,
     assert result["p1"] == pytest.approx(sum(means) / len(means), rel=1e-5)  # the mean of per-action means
     assert 0 < result["p2"] < result["p1"] * 1.5 and result["p1"] < 1000  # mm: trained, not diverged
     assert result["params"] > 0 and result["flops_per_pose"] > 0
+
+
+# Windows of T = 27 from a config file (the variant alone would not validate for VideoPose3D at T = 1); tiny
+# widths (MixSTE 32 wide and 2 deep, VideoPose3D 64 channels). Chunked evaluation of every test frame gives
+# consecutive frames, hence MPJVE; sliding evaluation stays at TINY's stride.
+CHUNKS = ["data.eval_mode=\"chunks\"", "data.eval_stride=1"]
+MIXSTE_ENCODER = ["encoder.lifter=\"mixste\"", "encoder.hidden=32", "encoder.blocks=2", "encoder.heads=4"]
+VIDEO = {
+    "videopose3d": ["model.hidden=64"],
+    "mixste": ["model.hidden=32", "model.blocks=2", "model.heads=4", "data.flip_test=true", *CHUNKS],
+    "full": MIXSTE_ENCODER,
+    "refiner": [*MIXSTE_ENCODER, *CHUNKS],
+}
+
+
+@pytest.mark.parametrize("variant", list(VIDEO))
+def test_temporal_baselines_and_video_diffpose_train_and_evaluate_from_the_cli(mocap_store, tmp_path_factory,
+                                                                               variant):
+    root = tmp_path_factory.getbasetemp() / "cli-video"
+    root.mkdir(exist_ok=True)
+    config = root / "t27.toml"
+    settings = {**TINY, "data.store": str(mocap_store), "data.frames": 27}
+    lines = [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+    config.write_text("\n".join(lines) + "\n")
+    out = root / variant
+    args = ["--config", str(config), "--variant", variant, "--encoder-cache", str(root / "encoders")]
+    for s in VIDEO[variant]:
+        args += ["--set", s]
+    assert main(["train", *args, "--out", str(out)]) == 0
+    assert main(["evaluate", str(out / "best.pt"), "--out", str(out / "test.json"),
+                 "--encoder-cache", str(root / "encoders")]) == 0
+    result = json.loads((out / "test.json").read_text())
+    protocol = result["protocol"]
+    assert protocol["frames"] == 27
+    assert protocol["eval_mode"] == ("chunks" if CHUNKS[0] in VIDEO[variant] else "sliding")
+    assert protocol["flip_test"] == (variant == "mixste")
+    assert 0 < result["p2"] < result["p1"] * 1.5 and result["p1"] < 1000  # mm: trained, not diverged
+    means = [a["p1"] for a in result["per_action"].values()]
+    assert result["p1"] == pytest.approx(sum(means) / len(means), rel=1e-5)
+    if "data.eval_stride=1" in VIDEO[variant]:  # consecutive test frames: the velocity error is defined
+        assert 0 < result["mpjve"] < 1000 and all("mpjve" in a for a in result["per_action"].values())
+    else:
+        assert "mpjve" not in result
+    if variant in ("full", "refiner"):  # a MixSTE encoder, trained first on windows of 27 and cached
+        encoders = [p for p in (root / "encoders").iterdir() if p.is_dir()]
+        assert encoders and all(p.name.startswith("mixste-") and (p / "DONE").exists() for p in encoders)
+        assert "encoder.temporal.1.attention.qkv.weight" in load_checkpoint(out / "best.pt")["model"]
 
 
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(mocap_store, tmp_path):
