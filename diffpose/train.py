@@ -129,7 +129,8 @@ class FitResult:
     best_epoch: int
     best_metric: float
     history: list[dict[str, float]]
-    seconds: float
+    seconds: float  # the training's wall time, summed over its epochs (validation included): the cost of
+                    # these weights, the same after a resume or when fit() finds the training already done
 
 
 def fit(
@@ -146,7 +147,6 @@ def fit(
     ``on_epoch(metrics, checkpoint_path)`` is called after each epoch's checkpoint is written.
     ``encoder_cache``: where DiffPose's context encoders are cached (default ``out_dir/../encoders``).
     """
-    t_start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.train.device)
@@ -251,7 +251,8 @@ def fit(
             on_epoch(record, ckpt_path)
 
     return FitResult(out_dir=out_dir, best_checkpoint=out_dir / BEST, best_epoch=best_epoch,
-                     best_metric=best_metric, history=history, seconds=time.perf_counter() - t_start)
+                     best_metric=best_metric, history=history,
+                     seconds=sum(h["epoch_seconds"] for h in history))
 
 
 def chunk_windows(store: PoseStore, rows: np.ndarray, frames: int

@@ -691,8 +691,10 @@ def cost_table(runs: pd.DataFrame) -> tuple[list[Table], list[str]]:
     names = sorted({str(d) for d in column(runs, tag("device")).dropna()})
     notes = ["Mean ± std over the runs of each variant. Params: parameters of the model used at inference "
              "(trainable and frozen). FLOPs: forward FLOPs per pose at inference, all K × N denoiser calls "
-             "and the encoder. Train: wall time of training; Poses/s: inference throughput on the test "
-             "split; both per device type (– where a variant has no run on that device type).",
+             "and the encoder. Train: wall time of training the weights, summed over epochs with validation "
+             "(the context encoder's not included; K and N rows evaluate full DiffPose's weights and show "
+             "their training); Poses/s: inference throughput on the test split; both per device type (– "
+             "where a variant has no run on that device type).",
              f"Epochs: {', '.join(epochs) or 'not logged'}; devices: {', '.join(names) or 'not logged'}."]
     table = Table("cost", "Cost: parameters, FLOPs, training time and inference speed", "Variant", columns,
                   rows, notes, _partial_text(missing), kind="cost")

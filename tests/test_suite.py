@@ -128,7 +128,7 @@ def test_every_shipped_suite_loads_and_expands_to_unique_trials(path):
 def test_demo_suite_trials_match_its_file():
     path = REPO / "ablations" / "demo.toml"
     raw = tomllib.loads(path.read_text())
-    head, steps = raw["suite"], raw["axes"]["steps"]
+    head, steps, hypotheses = raw["suite"], raw["axes"]["steps"], raw["axes"]["hypotheses"]
     base = Config().override(raw["base"])
     suite = load_suite(path, check_data=False)
     trials = suite.trials()
@@ -138,17 +138,23 @@ def test_demo_suite_trials_match_its_file():
     cells = [(ds, s) for ds in head["datasets"] for s in head["seeds"]]
     expected = [f"{ds}/{v}/seed{s}" for ds, s in cells for v in head["variants"]]
     expected += [f"{ds}/steps={k}/seed{s}" for ds, s in cells for k in extra_steps]
+    expected += [f"{ds}/hypotheses={n}/seed{s}" for ds, s in cells for n in hypotheses]
     assert sorted(names) == sorted(expected)
+    by_name = {t.name: t for t in trials}
     for t in trials:
         if t.variant.startswith("steps="):
             k = int(t.value)
             assert t.axis == "steps" and t.eval_only and t.eval_overrides == {"diffusion.steps": k}
             assert t.eval_config.diffusion.steps == k
+        elif t.variant.startswith("hypotheses="):
+            n = int(t.value)
+            assert t.axis == "hypotheses" and t.eval_only and t.eval_overrides == {"diffusion.hypotheses": n}
+            assert t.eval_config.diffusion.hypotheses == n
+            assert t.config == by_name[f"{t.dataset}/full/seed{t.seed}"].config  # full's weights
         else:
             assert not t.eval_only and (t.axis, t.value) == VARIANTS[t.variant][:2]
         assert t.config.train.epochs == raw["base"]["train"]["epochs"]
         assert t.config.data.eval_stride == raw["base"]["data"]["eval_stride"]
-    by_name = {t.name: t for t in trials}
     assert by_name["mocap17/no_gmm/seed0"].config.diffusion.gmm is False
     assert by_name["mocap17/refiner/seed1"].config.diffusion.mode == "refiner"
     assert by_name["mocap17/graformer/seed0"].config.model.lifter == "graformer"

@@ -113,6 +113,10 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(mocap_store, t
     a = load_checkpoint(tmp_path / "whole" / "checkpoint.pt")["model"]
     b = load_checkpoint(tmp_path / "split" / "checkpoint.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the training time covers every epoch, the one before the interruption too, and stays when the
+    # training is found finished
+    assert resumed.seconds == pytest.approx(sum(h["epoch_seconds"] for h in resumed.history))
+    assert fit(cfg, tmp_path / "split", progress=False).seconds == resumed.seconds
 
 
 def test_a_checkpoint_of_another_config_is_refused(mocap_store, tmp_path):
