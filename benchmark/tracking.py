@@ -143,6 +143,8 @@ def final_metrics(result: dict[str, Any]) -> dict[str, float]:
     for action, m in result.get("per_action", {}).items():
         out[f"test_p1.{action}"] = m["p1"]
         out[f"test_p2.{action}"] = m["p2"]
+        if "mpjve" in m:
+            out[f"test_mpjve.{action}"] = m["mpjve"]
     out["test_poses_per_second"] = float(result["poses_per_second"])
     out["params"] = float(result["params"])
     out["flops_per_pose"] = float(result["flops_per_pose"])

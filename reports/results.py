@@ -31,7 +31,7 @@ VERSION_KEY = b"diffpose.results.schema_version"
 PARAM, METRIC, TAG = "params.", "metrics.", "tags."
 
 # Fields that define an evaluation protocol: rows that differ in one of them never share a ranking silently.
-PROTOCOL_FIELDS = ("dataset", "detector", "frames", "flip_test", "hypotheses", "aggregate")
+PROTOCOL_FIELDS = ("dataset", "detector", "frames", "eval_mode", "flip_test", "hypotheses", "aggregate")
 
 # Params that identify a run, not its configuration (ignored when checking that a variant's runs agree).
 RUN_IDENTITY_PARAMS = ("train.seed", "trial.seed", "train.device", "train.threads", "train.eval_batch_size",
@@ -230,19 +230,23 @@ def actions(frame: pd.DataFrame, stem: str = "test_p1") -> list[str]:
 
 
 def protocol(row: pd.Series) -> dict[str, Any]:
-    """The evaluation protocol of a run: dataset, 2D detector, frames T, flip test, and for DiffPose the
-    hypotheses N and (when N > 1) the aggregation. A baseline lifter has no hypotheses (None)."""
+    """The evaluation protocol of a run: dataset, 2D detector, frames T (with T > 1, the evaluation mode),
+    flip test, and for DiffPose the hypotheses N and (when N > 1) the aggregation. A baseline lifter has no
+    hypotheses (None)."""
     def get(key: str) -> Any:
         value = row.get(param(key))
         return None if value is None or pd.isna(value) else value
 
     lifter = get("model.lifter") or "diffpose"
+    frames = int(get("data.frames")) if get("data.frames") is not None else None
     n = get("diffusion.hypotheses") if lifter == "diffpose" else None
     n = int(n) if n is not None else (1 if lifter == "diffpose" else None)
     return {
         "dataset": get("trial.dataset"),
         "detector": get("trial.detector"),
-        "frames": int(get("data.frames")) if get("data.frames") is not None else None,
+        "frames": frames,
+        # chunks or sliding windows: the same thing for single frames (and not logged by older runs)
+        "eval_mode": get("data.eval_mode") if frames is not None and frames > 1 else None,
         "flip_test": bool(get("data.flip_test")) if get("data.flip_test") is not None else None,
         "hypotheses": n,
         "aggregate": get("diffusion.aggregate") if n is not None and n > 1 else None,
@@ -260,6 +264,8 @@ def describe_protocol(proto: dict[str, Any], fields: tuple[str, ...] = PROTOCOL_
             parts.append(f"2D {v}")
         elif f == "frames" and v is not None:
             parts.append(f"T={v}")
+        elif f == "eval_mode" and v is not None:
+            parts.append("chunked evaluation" if v == "chunks" else "sliding windows")
         elif f == "flip_test" and v is not None:
             parts.append("flip test" if v else "no flip test")
         elif f == "hypotheses" and v is not None:

@@ -430,6 +430,8 @@ def _action_table(runs: pd.DataFrame, proto: dict[str, Any], published: pd.DataF
     columns = [Column("T", "T", kind="text"), Column("n", "n", kind="text")]
     columns += [Column(a, short[a], better="lower") for a in acts] + [Column("avg", "Avg", better="lower")]
     panels = {"p1": "Protocol #1: MPJPE (mm) ↓", "p2": "Protocol #2: P-MPJPE (mm) ↓"}
+    if column(runs, metric("test_mpjve")).notna().any():  # evaluated on consecutive frames (video)
+        panels["mpjve"] = "MPJVE (mm/frame) ↓"
     kind = input_kind(proto["detector"])
     pub = published[(published["dataset"] == ds) & (published["input"] == kind)
                     & same_frame_class(published["frames"], proto["frames"])] if ds == "h36m" \
@@ -449,8 +451,8 @@ def _action_table(runs: pd.DataFrame, proto: dict[str, Any], published: pd.DataF
                 missing[k] = missing.get(k, 0) + n
         oracle_pub = pub[(pub["protocol"] == stem) & pub["oracle"].astype(bool)]
         rows += _published_rows(oracle_pub, panel, {"avg": "avg"}, "Oracle", marks, False)
-        best = "test_j_best" if stem == "p1" else "test_p_best"
-        for label, part in measured:
+        best = {"p1": "test_j_best", "p2": "test_p_best"}.get(stem)
+        for label, part in measured if best else ():
             if multi[part.index].any() and column(part, metric(best)).notna().any():
                 cells = _measured_cells(part, {"avg": best})
                 rows.append(Row(f"{label}, best of N (oracle)", cells, panel=panel, section="Oracle",
@@ -460,6 +462,9 @@ def _action_table(runs: pd.DataFrame, proto: dict[str, Any], published: pd.DataF
              f"({n_runs} run{'s' if n_runs != 1 else ''}); Avg is the mean of the per-action means; "
              "errors in mm, lower is better. Bold: best, underline: second best per column among the "
              "non-oracle rows."]
+    if "mpjve" in panels:
+        notes.append("MPJVE: mean per-joint velocity error between consecutive test frames of a clip (mm per "
+                     "frame), mean of the per-action means; – for runs evaluated on every n-th frame.")
     if ds == "h36m":
         notes.append(f"Published rows: numbers as their sources report them, "
                      f"{frame_class(proto['frames'])} methods with the same 2D input ({kind or 'unknown'}); "
@@ -469,7 +474,8 @@ def _action_table(runs: pd.DataFrame, proto: dict[str, Any], published: pd.DataF
         notes.append("Oracle rows pick, per pose, the hypothesis closest to the ground truth "
                      "(J-Best/P-Best): not comparable with the other rows and never ranked.")
     notes += _notes_for_published(pub, marks)
-    title = f"{DATASET_NAMES.get(ds, ds)}: comparison per action (P1 and P2)"
+    metrics_named = "P1, P2 and MPJVE" if "mpjve" in panels else "P1 and P2"
+    title = f"{DATASET_NAMES.get(ds, ds)}: comparison per action ({metrics_named})"
     return Table(name, title, "Method", columns, rows, notes, _partial_text(missing), kind="comparison")
 
 

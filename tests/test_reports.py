@@ -260,6 +260,33 @@ def test_comparison_mean_std_and_ranking_hand_computed(demo_tables):
     assert not any(r.section == "Published" for r in table.rows)          # no H36M numbers beside mocap17
 
 
+def test_video_runs_get_an_mpjve_panel_and_their_evaluation_mode_in_the_protocol(demo_frame):
+    """Runs at T = 27: chunked and sliding evaluation are different protocols (two tables); MPJVE, where a run
+    has it, is a third panel per action."""
+    runs, _ = finished_trials(demo_frame)
+    mocap = runs[(runs["params.trial.dataset"] == "mocap17")
+                 & runs["params.trial.variant"].isin(["full", "graformer"])].copy()
+    mocap["params.data.frames"] = 27
+    mocap["params.data.eval_mode"] = "chunks"
+    mocap["metrics.test_mpjve"] = 3.0
+    for a, off in zip(MOCAP_TEST, MOCAP_OFFSETS, strict=True):
+        mocap[f"metrics.test_mpjve.{a}"] = 3.0 + 0.1 * off
+    sliding = mocap[mocap["params.trial.variant"] == "graformer"].copy()
+    sliding["params.data.eval_mode"] = "sliding"
+    sliding[[c for c in sliding.columns if "mpjve" in c]] = np.nan   # evaluated on every n-th frame
+    tables, warnings = all_tables(pd.concat([mocap, sliding], ignore_index=True))
+    comparisons = [t for t in tables if t.kind == "comparison"]
+    assert len(comparisons) == 2
+    chunked = next(t for t in comparisons if "chunked evaluation" in " ".join(t.notes))
+    assert "MPJVE" in chunked.title and "T=27" in " ".join(chunked.notes)
+    full = _row(chunked, "DiffPose", "MPJVE")
+    assert full.cells["avg"].mean == pytest.approx(3.0) and full.cells["Boxing"].mean == pytest.approx(2.7)
+    assert "| DiffPose | 27 | 2 |" in to_markdown(chunked)
+    other = next(t for t in comparisons if t is not chunked)
+    assert "sliding windows" in " ".join(other.notes) and "MPJVE" not in other.title
+    assert not any(r.panel.startswith("MPJVE") for r in other.rows)
+
+
 def test_h36m_table_has_paper_layout_and_same_protocol_published_rows(demo_tables):
     table = demo_tables[0]["comparison_h36m"]
     assert [c.header for c in table.columns][2:] == ["Dir", "Disc", "Eat", "Greet", "Phone", "Photo", "Pose",
@@ -340,9 +367,10 @@ def test_mixed_protocols_are_split_and_said(messy_tables):
     assert split == ["comparison_h36m_1", "comparison_h36m_2", "comparison_h36m_3"]
     assert "protocol 1 of 3 (T=1, no flip test, N=1)" in tables["comparison_h36m_1"].title
     assert "protocol 2 of 3 (T=1, flip test, N=1)" in tables["comparison_h36m_2"].title
-    video = "protocol 3 of 3 (T=243, no flip test, N=5, mean of hypotheses)"
+    video = "protocol 3 of 3 (T=243, sliding windows, no flip test, N=5, mean of hypotheses)"
     assert video in tables["comparison_h36m_3"].title
-    assert any("3 protocols (they differ in frames, flip_test, hypotheses, aggregate)" in w for w in warnings)
+    differ = "3 protocols (they differ in frames, eval_mode, flip_test, hypotheses, aggregate)"
+    assert any(differ in w for w in warnings)
     assert "2D cpn_ft_h36m_dbb, T=1, flip test" in tables["comparison_h36m_2"].notes[0]
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from benchmark.cli import main
+from benchmark.tracking import final_metrics
 from diffpose.config import Config
 from diffpose.train import evaluate, fit, load_checkpoint
 
@@ -85,6 +86,9 @@ def test_temporal_baselines_and_video_diffpose_train_and_evaluate_from_the_cli(m
     assert result["p1"] == pytest.approx(sum(means) / len(means), rel=1e-5)
     if "data.eval_stride=1" in VIDEO[variant]:  # consecutive test frames: the velocity error is defined
         assert 0 < result["mpjve"] < 1000 and all("mpjve" in a for a in result["per_action"].values())
+        logged = final_metrics(result)  # what a suite trial logs to MLflow
+        assert logged["test_mpjve"] == result["mpjve"]
+        assert {f"test_mpjve.{a}" for a in result["per_action"]} <= logged.keys()
     else:
         assert "mpjve" not in result
     if variant in ("full", "refiner"):  # a MixSTE encoder, trained first on windows of 27 and cached
