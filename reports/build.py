@@ -147,7 +147,8 @@ def _clean(directory: Path, patterns: tuple[str, ...]) -> None:
 
 def _spread_series(runs: pd.DataFrame, find: ArtifactFinder, warn: list[str]
                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-joint (error, spread) in mm per multi-hypothesis variant, pooled over its seeds."""
+    """Per-joint (error, spread) in mm per multi-hypothesis run: one series per variant and seed (seeds are not
+    pooled: one seed's hypotheses may spread ten times wider than another's, which pooled bins would hide)."""
     n = column(runs, param("diffusion.hypotheses")).fillna(1).astype(int)
     multi = runs[(trial_lifter(runs) == "diffpose") & (n > 1)]
     if multi.empty:
@@ -158,20 +159,20 @@ def _spread_series(runs: pd.DataFrame, find: ArtifactFinder, warn: list[str]
     datasets = column(multi, param("trial.dataset")).astype(str)
     for ds in sorted(datasets.unique()):
         for label, part in variant_rows(multi[datasets == ds], [], "spread"):
-            pairs = []
-            for _, run in part.iterrows():
+            seeds = column(part, param("trial.seed"))
+            for (_, run), seed in zip(part.iterrows(), seeds, strict=True):
                 path = find(run)
                 if path is None:
                     unreadable += 1
                     continue
                 try:
-                    pairs.append(figs.spread_and_error(path))
+                    pair = figs.spread_and_error(path)
                 except (KeyError, ValueError, OSError) as e:
                     log.warning("run %s: %s", run["run_id"], e)
                     unreadable += 1
-            if pairs:
+                    continue
                 key = label if datasets.nunique() == 1 else f"{label}, {ds}"
-                series[key] = (np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs]))
+                series[key if len(part) == 1 else f"{key}, seed {seed}"] = pair
     if unreadable:
         warn.append(f"{unreadable} multi-hypothesis run{'s' if unreadable > 1 else ''} without a readable "
                     "predictions.npz holding a spread")

@@ -224,7 +224,8 @@ def spread_and_error(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def spread_figure(series: dict[str, tuple[np.ndarray, np.ndarray]], bins: int = 20) -> Plot | None:
-    """Mean per-joint error in equal-count bins of per-joint spread, one line per variant, Pearson r each."""
+    """Mean per-joint error in equal-count bins of per-joint spread, one line per series (a run), Pearson r
+    each."""
     if not series:
         return None
     rs = {}

@@ -407,6 +407,27 @@ def test_published_file_is_complete_and_sourced():
     assert (gap[full["note"].fillna("").str.contains("average to") == False] < 0.15).all()  # noqa: E712
 
 
+def test_spread_series_are_per_seed_never_pooled(demo_frame, tmp_path):
+    """Each seed of the N = 5 variant is its own series: a seed whose hypotheses barely spread is not mixed into
+    the bins of one whose hypotheses spread widely."""
+    from reports.build import _spread_series
+
+    runs, _ = finished_trials(demo_frame)
+    files = {0: _predictions(tmp_path / "s0.npz", np.random.default_rng(3)), 1: tmp_path / "s1.npz"}
+    with np.load(files[0]) as z:   # seed 1: the same poses, ten times narrower spread
+        np.savez(files[1], **{k: z[k] / 10 if k == "spread" else z[k] for k in z.files})
+
+    def find(run):
+        return files[int(run["params.trial.seed"])]
+
+    warn: list[str] = []
+    series = _spread_series(runs[runs["params.trial.dataset"] == "mocap17"], find, warn)
+    assert sorted(series) == ["DiffPose (hypotheses=5), seed 0", "DiffPose (hypotheses=5), seed 1"]
+    spread = {k[-1]: v[1] for k, v in series.items()}
+    assert np.median(spread["0"]) == pytest.approx(10 * np.median(spread["1"]))
+    assert not warn
+
+
 # ---- the built report --------------------------------------------------------------------------------------
 
 def test_report_writes_tables_figures_and_documents(demo_report):
