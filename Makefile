@@ -55,7 +55,7 @@ ablate: setup ## Run the ablation suite SUITE (default ablations/demo.toml) on R
 tune: setup ## Hyperparameter search SEARCH (default ablations/search_demo.toml) with Optuna on Ray; exports the best config
 	$(LOOPBACK) $(BIN)/diffpose-bench tune --search $(SEARCH) --results $(RESULTS)
 
-report: setup ## Rebuild the report of SUITE's experiment from MLflow (no trials run)
+report: setup ## Rebuild the report of SUITE (a suite or search file) from MLflow (no trials run)
 	$(BIN)/diffpose-bench report --suite $(SUITE) --results $(RESULTS)
 
 mlflow-ui: setup ## Serve the MLflow UI of RESULTS on http://127.0.0.1:5000 (MLFLOW_PORT)

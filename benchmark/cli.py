@@ -121,11 +121,24 @@ def _report(uri: str, experiment: str, results: Path) -> Path:
     return out
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
+def _experiment_of(path: Path, results: Path) -> str:
+    """The MLflow experiment a suite file or a search file (one with a [search] table) logs to: its name."""
+    from benchmark.search import load_search
     from benchmark.suite import load_suite
+
+    try:
+        is_search = "search" in tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        is_search = False  # load_suite says what is wrong with the file
+    if is_search:
+        return load_search(path, results_dir=results, check_data=False).name
+    return load_suite(path, check_data=False).name
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
     from benchmark.tracking import tracking_uri
 
-    experiment = args.experiment or load_suite(args.suite, check_data=False).name
+    experiment = args.experiment or _experiment_of(args.suite, args.results)
     out = _report(tracking_uri(args.results, args.tracking_uri), experiment, args.results)
     print(f"report written to {out}")
     return 0
@@ -199,9 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--no-report", action="store_true")
     tu.set_defaults(func=_cmd_tune)
 
-    rp = sub.add_parser("report", help="rebuild the report of a suite from MLflow, without running trials")
-    rp.add_argument("--suite", type=Path, default=Path("ablations/demo.toml"), help="the suite whose report to build")
-    rp.add_argument("--experiment", help="the MLflow experiment (default: the suite's name)")
+    rp = sub.add_parser("report", help="rebuild the report of a suite or a search from MLflow, without running "
+                                       "trials")
+    rp.add_argument("--suite", type=Path, default=Path("ablations/demo.toml"),
+                    help="the suite or search file whose report to build")
+    rp.add_argument("--experiment", help="the MLflow experiment (default: the file's name)")
     rp.add_argument("--results", type=Path, default=Path("results"))
     rp.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else RESULTS/mlflow.db")
     rp.set_defaults(func=_cmd_report)

@@ -29,6 +29,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from benchmark.cli import main
 from benchmark.search import (
     RESERVED,
     TRIAL_ID,
@@ -672,6 +673,10 @@ def test_the_report_of_a_search_has_its_section(killed_search, tmp_path):
     assert f"Best: trial {study.best_trial.number}, best val P1 {study.best_value:.2f} mm." in text
     assert (out / "figures" / "search_k_history.png").exists()
     assert "figures/search_k_history.pdf" in (out / "report.tex").read_text()
+    # `make report SUITE=<search file>`: the CLI takes a search file too and finds its experiment by name
+    assert main(["report", "--suite", str(killed_search.search_file), "--results", str(tmp_path / "cli"),
+                 "--tracking-uri", f"sqlite:///{killed_search.results / 'mlflow.db'}"]) == 0
+    assert "Search: k" in (tmp_path / "cli" / "report" / "k" / "report.md").read_text()
 
 
 # ---- PostgreSQL: two drivers share one study -----------------------------------------------------------------
