@@ -70,7 +70,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from benchmark.suite import DatasetSpec, SuiteError, Trial, _dataset, _flat, _table, _typed
+from benchmark.suite import DatasetSpec, SuiteError, Trial, _dataset, _flat, _table, _typed, parse_resources
 from diffpose.config import VARIANTS, Config, ConfigError
 
 log = logging.getLogger(__name__)
@@ -397,7 +397,7 @@ def load_search(path: str | Path, *, results_dir: str | Path = "results", storag
     if len(ds_tables) > 1:
         raise fail("datasets", f"a search runs on one dataset; drop the tables other than [datasets.{key}]")
     dataset = _dataset(key, ds_tables[key], path, fail, check_data)
-    cpu, gpu = _resources(_table(raw, "resources", fail), fail)
+    cpu, gpu = parse_resources(_table(raw, "resources", fail), fail)
     seed = get("seed", int, 0)
     base = _table(raw, "base", fail)
     reserved = sorted(set(_flat(base)) & set(RESERVED))
@@ -433,18 +433,6 @@ def load_search(path: str | Path, *, results_dir: str | Path = "results", storag
                 raise fail(f"space.{dim.key}", f"the default {dim.key} = {defaults[dim.key]!r} is outside the "
                                                "space; widen it or set search.start_from_default = false")
     return search
-
-
-def _resources(res: dict[str, Any], fail: _Fail) -> tuple[float, float]:
-    """(cpu, gpu) per trial, as in suites."""
-    for k in res:
-        if k not in ("cpu", "gpu"):
-            raise fail(f"resources.{k}", "unknown key (known: cpu, gpu)")
-    cpu = float(_typed(res.get("cpu", 1), (int, float), "resources.cpu", fail))
-    gpu = float(_typed(res.get("gpu", 0), (int, float), "resources.gpu", fail))
-    if cpu <= 0 or not 0 <= gpu <= 8:
-        raise fail("resources", "cpu must be > 0 and gpu in [0, 8] (a fraction shares one GPU)")
-    return cpu, gpu
 
 
 # ---- the study ---------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,19 @@ _SUITE_KEYS = {"name", "description", "datasets", "variants", "seeds", "max_fail
 _TOP_KEYS = {"suite", "axes", "resources", "datasets", "base", "variant"}
 
 
+def parse_resources(res: dict[str, Any], fail: Callable[[str, str], Exception]) -> tuple[float, float]:
+    """(cpu, gpu) per trial from a ``[resources]`` table (suites and searches); ``fail(key, msg)`` makes the
+    file's error."""
+    for key in res:
+        if key not in ("cpu", "gpu"):
+            raise fail(f"resources.{key}", "unknown key (known: cpu, gpu)")
+    cpu = float(_typed(res.get("cpu", 1), (int, float), "resources.cpu", fail))
+    gpu = float(_typed(res.get("gpu", 0), (int, float), "resources.gpu", fail))
+    if cpu <= 0 or not 0 <= gpu <= 8:
+        raise fail("resources", "cpu must be > 0 and gpu in [0, 8] (a fraction shares one GPU)")
+    return cpu, gpu
+
+
 def load_suite(path: str | Path, *, check_data: bool = True) -> Suite:
     """Read and validate a suite file. With ``check_data``, every dataset's store must exist or be
     preparable from an existing root."""
@@ -216,14 +230,7 @@ def load_suite(path: str | Path, *, check_data: bool = True) -> Suite:
         axes[axis] = tuple(_typed_list(values, int, f"axes.{axis}", fail))
     if not variants and not axes:
         raise fail("suite.variants", "the suite has no variants and no axes: nothing to run")
-    res = _table(raw, "resources", fail)
-    for key in res:
-        if key not in ("cpu", "gpu"):
-            raise fail(f"resources.{key}", "unknown key (known: cpu, gpu)")
-    cpu = float(_typed(res.get("cpu", 1), (int, float), "resources.cpu", fail))
-    gpu = float(_typed(res.get("gpu", 0), (int, float), "resources.gpu", fail))
-    if cpu <= 0 or not 0 <= gpu <= 8:
-        raise fail("resources", "cpu must be > 0 and gpu in [0, 8] (a fraction shares one GPU)")
+    cpu, gpu = parse_resources(_table(raw, "resources", fail), fail)
 
     datasets = {}
     ds_tables = _table(raw, "datasets", fail)

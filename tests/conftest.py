@@ -32,3 +32,13 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def fake_store(tmp_path) -> Path:
+    """A directory that passes for a store where only its presence is checked (suite and search files load
+    when meta.json exists)."""
+    out = tmp_path / "store"
+    out.mkdir()
+    (out / "meta.json").write_text("{}")
+    return out

@@ -86,15 +86,6 @@ encoder.lr = 1e-3
 {space}"""
 
 
-@pytest.fixture
-def fake_store(tmp_path) -> Path:
-    """A directory that passes for a store (loading checks only that meta.json exists)."""
-    out = tmp_path / "store"
-    out.mkdir()
-    (out / "meta.json").write_text("{}")
-    return out
-
-
 @pytest.fixture(autouse=True)
 def _no_storage_env(monkeypatch):
     monkeypatch.delenv("OPTUNA_STORAGE", raising=False)

@@ -39,15 +39,6 @@ train.epochs = 2
 """
 
 
-@pytest.fixture
-def store(tmp_path) -> Path:
-    """A directory that passes for a store (load_suite checks only that meta.json exists)."""
-    out = tmp_path / "store"
-    out.mkdir()
-    (out / "meta.json").write_text("{}")
-    return out
-
-
 def _write(tmp_path: Path, text: str, name: str = "suite.toml") -> Path:
     path = tmp_path / "suites" / name
     path.parent.mkdir(exist_ok=True)
@@ -59,8 +50,8 @@ def _files(root: Path) -> set[Path]:
     return set(root.rglob("*"))
 
 
-def test_the_valid_suite_loads(tmp_path, store):
-    suite = load_suite(_write(tmp_path, _suite_text(store)))
+def test_the_valid_suite_loads(tmp_path, fake_store):
+    suite = load_suite(_write(tmp_path, _suite_text(fake_store)))
     assert suite.name == "t" and suite.seeds == (0,) and suite.cpu == 1.0 and suite.max_failures == 2
     assert sorted(t.variant for t in suite.trials()) == ["full", "graformer", "hypotheses=3", "kernels=1",
                                                          "no_gmm", "steps=2"]
@@ -91,11 +82,11 @@ BAD = [  # (case, (old, new) replacements in the valid text or text to append, t
 
 
 @pytest.mark.parametrize(("edit", "key"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
-def test_an_invalid_suite_fails_with_one_line_naming_the_file_and_the_key(tmp_path, store, edit, key):
+def test_an_invalid_suite_fails_with_one_line_naming_the_file_and_the_key(tmp_path, fake_store, edit, key):
     old, new = edit
-    text = _suite_text(store)
+    text = _suite_text(fake_store)
     text = text.replace(old, new, 1) if old else text + new
-    assert text != _suite_text(store)
+    assert text != _suite_text(fake_store)
     path = _write(tmp_path, text)
     before = _files(tmp_path)
     with pytest.raises(SuiteError) as err:
@@ -164,24 +155,24 @@ def test_demo_suite_trials_match_its_file():
     assert sorted(e.seed for e in encoders) == sorted(head["seeds"])
 
 
-def test_trial_ids_are_stable_and_change_with_the_base_config(tmp_path, store):
-    path = _write(tmp_path, _suite_text(store))
+def test_trial_ids_are_stable_and_change_with_the_base_config(tmp_path, fake_store):
+    path = _write(tmp_path, _suite_text(fake_store))
     first = [t.id for t in load_suite(path).trials()]
     assert [t.id for t in load_suite(path).trials()] == first
     assert all(len(i) == 16 and int(i, 16) >= 0 for i in first)
 
-    text = _suite_text(store).replace("train.epochs = 2", "train.epochs = 3")
+    text = _suite_text(fake_store).replace("train.epochs = 2", "train.epochs = 3")
     changed = _write(tmp_path, text, "other.toml")
     assert set(t.id for t in load_suite(changed).trials()).isdisjoint(first)
 
-    seeds = _write(tmp_path, _suite_text(store).replace("seeds = [0]", "seeds = [0, 1]"), "seeds.toml")
+    seeds = _write(tmp_path, _suite_text(fake_store).replace("seeds = [0]", "seeds = [0, 1]"), "seeds.toml")
     both = load_suite(seeds).trials()
     assert [t.id for t in both if t.seed == 0] == first
     assert set(t.id for t in both if t.seed == 1).isdisjoint(first)
 
 
-def test_inference_only_axes_reuse_the_training_config_of_full(tmp_path, store):
-    trials = {t.variant: t for t in load_suite(_write(tmp_path, _suite_text(store))).trials()}
+def test_inference_only_axes_reuse_the_training_config_of_full(tmp_path, fake_store):
+    trials = {t.variant: t for t in load_suite(_write(tmp_path, _suite_text(fake_store))).trials()}
     full = trials["full"]
     for variant, key, value in (("steps=2", "diffusion.steps", 2),
                                 ("hypotheses=3", "diffusion.hypotheses", 3)):
@@ -195,8 +186,8 @@ def test_inference_only_axes_reuse_the_training_config_of_full(tmp_path, store):
     assert kernels.config.data.kernels == 1
 
 
-def test_an_axis_value_equal_to_full_is_not_a_second_trial(tmp_path, store):
-    text = _suite_text(store).replace("steps = [2]", f"steps = [2, {Config().diffusion.steps}]")
+def test_an_axis_value_equal_to_full_is_not_a_second_trial(tmp_path, fake_store):
+    text = _suite_text(fake_store).replace("steps = [2]", f"steps = [2, {Config().diffusion.steps}]")
     variants = [t.variant for t in load_suite(_write(tmp_path, text)).trials()]
     assert variants.count("full") == 1 and f"steps={Config().diffusion.steps}" not in variants
 
