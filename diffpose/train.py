@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from diffpose import metrics
 from diffpose.config import Config
-from diffpose.data.store import Batch, PoseStore, Sampler
+from diffpose.data.store import Batch, PoseStore, Sampler, mirror
 from diffpose.lifters import Lifter, build_lifter
 
 log = logging.getLogger(__name__)
@@ -287,8 +287,6 @@ def _predict(lifter: Lifter, sampler: Sampler, batch: Batch, generator: torch.Ge
     """Pose (B, J, 3) of the centre frames, or (B, T, J, 3) of every frame, and the hypotheses (H, ...);
     with ``flip_test`` the mirrored windows' prediction is mirrored back and averaged in (its hypotheses are
     appended)."""
-    from diffpose.data.store import mirror
-
     run = lifter.predict_frames if every_frame else lifter.predict
     out = run(batch, generator)
     pose, h = out.pose, out.hypotheses
