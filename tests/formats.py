@@ -12,6 +12,7 @@ the returned dicts back with :func:`save_npz` after changing them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -274,3 +275,31 @@ def write_mpi3dhp_test(
         expected[seq] = (uv, xyz, valid.astype(bool))
     save_npz(path, data=data)
     return expected
+
+
+def write_mocap17_root(
+    root: str | Path,
+    subjects_actions_frames: Mapping[str, Mapping[str, int]],
+    splits: Mapping[str, Sequence[str]],
+    cameras: Sequence[CameraParams],
+) -> dict[str, dict[str, np.ndarray]]:
+    """The CMU stand-in's files (``../shared/data/mocap17``'s layout) for a tiny motion set: the 3D (17
+    joints), its exact 2D projections, the cameras json (the same ``cameras`` for every subject) and the meta
+    json with ``splits``. Returns the world poses."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    poses = write_h36m_3d(root / "data_3d_cmu_mocap17.npz", subjects_actions_frames, joints=17)
+    per_subject = {s: list(cameras) for s in subjects_actions_frames}
+    write_h36m_2d(root / "data_2d_cmu_mocap17_gt.npz", poses, per_subject)
+    doc = {
+        "convention": "VideoPose3D h36m_cameras (orientation w, x, y, z camera-to-world; translation metres)",
+        "intrinsics": [{"id": c.id, "res_w": c.width, "res_h": c.height, "focal_length": c.focal.tolist(),
+                        "center": c.center.tolist(), "radial_distortion": [0.0] * 3,
+                        "tangential_distortion": [0.0] * 2} for c in cameras],
+        "extrinsics": {s: [{"orientation": c.orientation.tolist(), "translation": c.translation.tolist()}
+                           for c in cameras] for s in subjects_actions_frames},
+    }
+    (root / "cameras_cmu_mocap17.json").write_text(json.dumps(doc))
+    (root / "meta_cmu_mocap17.json").write_text(json.dumps({"split": {k: list(v) for k, v in splits.items()},
+                                                            "fps": 50}))
+    return poses

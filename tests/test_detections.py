@@ -310,7 +310,7 @@ def test_read_gt_2d_names_the_file_and_problem(tmp_path: Path):
     with pytest.raises(DataError, match="h36m layout"):
         read_gt_2d(path)
     path.write_bytes(b"not a zip")
-    with pytest.raises(DataError, match="not a VideoPose3D npz"):
+    with pytest.raises(DataError, match="not an npz archive"):
         read_gt_2d(path)
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import uuid
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -41,6 +40,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from diffpose.data import npz
 from diffpose.data.skeleton import EXTREMITIES, LEFT, NUM_JOINTS, PARENTS, RIGHT, flip_permutation
 from diffpose.data.source import DataError
 
@@ -300,8 +300,8 @@ def write_detections(
 ) -> tuple[Path, Path]:
     """Write both files in VideoPose3D / DiffPose layout; each goes to a temporary file, then ``os.replace``.
 
-    ``positions_2d`` and ``metadata`` are pickled dicts (object arrays), as in the released files: read them
-    with ``np.load(p, allow_pickle=True)['positions_2d'].item()``.
+    ``positions_2d`` and ``metadata`` are pickled dicts (object arrays), as in the released files
+    (:func:`diffpose.data.npz.read` reads them back).
     """
     plain_path, gmm_path = detection_paths(out_dir, name, detector)
     plain_path.parent.mkdir(parents=True, exist_ok=True)
@@ -330,24 +330,14 @@ def is_h36m_layout(metadata: object) -> bool:
 
 
 def read_gt_2d(path: str | Path) -> dict:
-    """Ground-truth 2D from a VideoPose3D ``data_2d_*.npz`` (a trusted, user-named file: it is unpickled).
+    """Ground-truth 2D from a VideoPose3D ``data_2d_*.npz`` (its dicts read as plain data only).
 
     Checks the layout (subject -> action -> list of finite (T, 17, 2) arrays, metadata with our 17 joints and
     left/right lists) and raises :class:`DataError` naming the file otherwise.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "file not found")
-    try:
-        with np.load(path, allow_pickle=True) as data:
-            if "positions_2d" not in data.files:
-                raise DataError(path, f"no 'positions_2d' entry (has {data.files})")
-            positions = data["positions_2d"].item()
-            metadata = data["metadata"].item() if "metadata" in data.files else None
-    except (OSError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-        if isinstance(e, DataError):
-            raise
-        raise DataError(path, f"not a VideoPose3D npz: {e}") from e
+    positions = npz.read(path, "positions_2d")
+    metadata = npz.read(path, "metadata") if "metadata" in npz.members(path) else None
     if metadata is not None and not is_h36m_layout(metadata):
         raise DataError(path, f"metadata {metadata} is not the 17-joint h36m layout")
     if not isinstance(positions, dict) or not positions:

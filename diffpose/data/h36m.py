@@ -1,6 +1,6 @@
 """Human3.6M as VideoPose3D distributes it, and the generic reader for any source in that format.
 
-Files (``np.load(p, allow_pickle=True)[key].item()`` gives a dict; pickled, so only for files the user names):
+Files (dicts in pickled object arrays, read as plain data by :mod:`diffpose.data.npz`):
 
 - ``data_3d_h36m.npz``: ``positions_3d`` = subject -> action -> (T, 32, 3) world metres (z up).
 - ``data_2d_h36m_<detector>.npz``: ``positions_2d`` = subject -> action -> list of per-camera (T, 17, 2)
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -29,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffpose.data import npz
 from diffpose.data.camera import world_to_camera
 from diffpose.data.skeleton import H36M32_TO_17, LEFT, NUM_JOINTS, RIGHT
 from diffpose.data.source import Clip, DataError, SourceInfo, check_finite, check_gmm, single_kernel_gmm
@@ -93,6 +92,14 @@ def _vector(path: Path, value: Any, size: int, where: str) -> np.ndarray:
     return arr
 
 
+def _pixels(path: Path, value: Any, where: str) -> int:
+    """An image size: a positive whole number of pixels."""
+    whole = isinstance(value, int) or isinstance(value, float) and value.is_integer()
+    if isinstance(value, bool) or not whole or value <= 0:
+        raise DataError(path, f"{where}: must be a positive whole number of pixels, got {value!r}")
+    return int(value)
+
+
 def read_cameras(path: str | Path) -> dict[str, list[CameraParams]]:
     """Cameras from a json file: subject -> its cameras in index order.
 
@@ -141,11 +148,14 @@ def _camera(path: Path, subject: str, index: int, intr: dict, ext: Any) -> Camer
     norm = float(np.linalg.norm(orientation))
     if abs(norm - 1.0) > 1e-4:
         raise DataError(path, f"{where}: orientation is not a unit quaternion (norm {norm:.6f})")
+    focal = _vector(path, intr["focal_length"], 2, f"{where} focal_length")
+    if (focal <= 0).any():
+        raise DataError(path, f"{where}: focal_length must be positive, got {focal.tolist()}")
     return CameraParams(
         id=str(intr["id"]),
-        width=int(intr["res_w"]),
-        height=int(intr["res_h"]),
-        focal=_vector(path, intr["focal_length"], 2, f"{where} focal_length"),
+        width=_pixels(path, intr["res_w"], f"{where} res_w"),
+        height=_pixels(path, intr["res_h"], f"{where} res_h"),
+        focal=focal,
         center=_vector(path, intr["center"], 2, f"{where} center"),
         radial=_vector(path, intr.get("radial_distortion", [0.0] * 3), 3, f"{where} radial"),
         tangential=_vector(path, intr.get("tangential_distortion", [0.0] * 2), 2, f"{where} tangential"),
@@ -164,47 +174,17 @@ def h36m_cameras() -> dict[str, list[CameraParams]]:
 # ------------------------------------------------------------------------------------------------ files
 
 
-def load_npz_member(path: str | Path, key: str) -> Any:
-    """One member of a (possibly pickled) npz archive; a pickled 0-d object array is unwrapped to its object.
-
-    The one place the converters unpickle: ``allow_pickle=True`` runs code from the file, so it is only for
-    files the user names. Anything unreadable raises :class:`DataError` naming the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "file not found")
-    if not zipfile.is_zipfile(path):
-        raise DataError(path, "not an npz archive (not a zip file)")
-    try:
-        with np.load(path, allow_pickle=True) as archive:
-            if key not in archive.files:
-                raise DataError(path, f"no member {key!r} (members: {sorted(archive.files)})")
-            value = archive[key]
-    except DataError:
-        raise
-    except (OSError, ValueError, EOFError, KeyError, AttributeError, ImportError, zipfile.BadZipFile,
-            pickle.UnpicklingError) as e:
-        raise DataError(path, f"cannot read member {key!r}: {type(e).__name__}: {e}") from e
-    if isinstance(value, np.ndarray) and value.dtype == object and value.shape == ():
-        return value.item()
-    return value
-
-
-def _has_member(path: Path, key: str) -> bool:
-    try:
-        with zipfile.ZipFile(path) as z:
-            return f"{key}.npy" in z.namelist()
-    except (OSError, zipfile.BadZipFile) as e:
-        raise DataError(path, f"not an npz archive: {e}") from e
-
-
 def _nested(path: Path, value: Any, key: str) -> dict[str, dict[str, Any]]:
     """Check ``subject -> action -> value`` with string keys."""
     if not isinstance(value, dict):
         raise DataError(path, f"{key}: expected a dict subject -> action, got {type(value).__name__}")
+    if not value:
+        raise DataError(path, f"{key}: holds no subjects")
     for subject, actions in value.items():
         if not isinstance(subject, str) or not isinstance(actions, dict):
             raise DataError(path, f"{key}: subject {subject!r} does not map to a dict action -> data")
+        if not actions:
+            raise DataError(path, f"{key}: subject {subject} holds no actions")
         for action in actions:
             if not isinstance(action, str):
                 raise DataError(path, f"{key}: {subject}: action key {action!r} is not a string")
@@ -240,7 +220,7 @@ def read_poses_3d(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
     as it is (already in our joint order).
     """
     path = Path(path)
-    data = _nested(path, load_npz_member(path, "positions_3d"), "positions_3d")
+    data = _nested(path, npz.read(path, "positions_3d"), "positions_3d")
     out: dict[str, dict[str, np.ndarray]] = {}
     for subject, actions in data.items():
         out[subject] = {}
@@ -253,9 +233,9 @@ def read_poses_3d(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
 
 
 def _check_metadata(path: Path) -> None:
-    if not _has_member(path, "metadata"):
+    if "metadata" not in npz.members(path):
         return
-    meta = load_npz_member(path, "metadata")
+    meta = npz.read(path, "metadata")
     if not isinstance(meta, dict):
         raise DataError(path, f"metadata: expected a dict, got {type(meta).__name__}")
     if "num_joints" in meta and meta["num_joints"] != NUM_JOINTS:
@@ -276,7 +256,7 @@ def _check_metadata(path: Path) -> None:
 def read_poses_2d(path: str | Path) -> dict[str, dict[str, list[np.ndarray]]]:
     """``positions_2d``: subject -> action -> per-camera (T, 17, 2) float32 pixels; ``metadata`` checked."""
     path = Path(path)
-    data = _nested(path, load_npz_member(path, "positions_2d"), "positions_2d")
+    data = _nested(path, npz.read(path, "positions_2d"), "positions_2d")
     _check_metadata(path)
     return {
         s: {a: _per_camera(path, v, f"positions_2d {s}/{a}", (NUM_JOINTS, 2)) for a, v in actions.items()}
@@ -291,7 +271,7 @@ def read_gmm_2d(path: str | Path) -> dict[str, dict[str, list[np.ndarray]]]:
     pi > 0 (the released files hold M = 3 with weights (1, 0, 0), zero sigma on the empty kernels).
     """
     path = Path(path)
-    data = _nested(path, load_npz_member(path, "positions_2d"), "positions_2d")
+    data = _nested(path, npz.read(path, "positions_2d"), "positions_2d")
     _check_metadata(path)
     out: dict[str, dict[str, list[np.ndarray]]] = {}
     for subject, actions in data.items():
@@ -348,6 +328,20 @@ def _per_action(
     return arrays
 
 
+def _check_splits(source: Path, splits: Mapping[str, Sequence[str]], subjects: Sequence[str]) -> None:
+    """Every subject read is in exactly one split."""
+    seen: dict[str, str] = {}
+    for split, members in splits.items():
+        for s in members:
+            if s in seen:
+                raise DataError(source, f"subject {s} is in two splits ({seen[s]} and {split})")
+            seen[s] = split
+    lost = [s for s in subjects if s not in seen]
+    if lost:
+        named = ", ".join(f"{k}: {list(v)}" for k, v in splits.items())
+        raise DataError(source, f"subject(s) {lost} are in no split ({named})")
+
+
 def read_h36m_format(
     path_3d: str | Path,
     path_2d: str | Path | None,
@@ -360,13 +354,15 @@ def read_h36m_format(
     fps: float,
     subjects: Sequence[str] | None = None,
     sigma_px: float = DEFAULT_SIGMA_PX,
+    split_source: str | Path | None = None,
 ) -> tuple[SourceInfo, list[Clip]]:
     """Clips of every (subject, action, camera) of a VideoPose3D-format source.
 
     ``pose_2d`` comes from the plain 2D file, else from the GMM's highest-weight kernel mean; ``gmm`` from
     the GMM file, else one kernel of ``sigma_px`` around ``pose_2d``. ``pose_3d = R^T (X_world - t)`` per
     camera. 2D sequences longer than the 3D are cut to its length; anything else inconsistent raises
-    :class:`DataError`. ``subjects`` restricts the output (default: every subject of the 3D file).
+    :class:`DataError`. ``subjects`` restricts the output (default: every subject of the 3D file); each must
+    be in exactly one of ``splits``, which ``split_source`` defines (named in errors; default the 3D file).
     """
     if path_2d is None and path_gmm is None:
         raise ValueError("read_h36m_format needs a 2D file, a GMM file or both")
@@ -383,6 +379,7 @@ def read_h36m_format(
             raise DataError(path_3d, f"subject {subject} is not in the file (it has {sorted(poses_3d)})")
         if not cameras.get(subject):
             raise DataError(path_3d, f"subject {subject}: no cameras (cameras known for {sorted(cameras)})")
+    _check_splits(Path(split_source) if split_source is not None else path_3d, splits, chosen)
 
     clips: list[Clip] = []
     trimmed = 0

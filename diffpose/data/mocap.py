@@ -54,7 +54,8 @@ def read_mocap17(
     if path_2d is None and path_gmm is None:
         looked = ", ".join(str(d) for d in dirs)
         raise DataError(dirs[0] / name_2d, f"file not found, nor {name_gmm} (looked in {looked})")
-    splits, fps = _meta(root / f"meta_{PREFIX}.json")
+    meta_path = root / f"meta_{PREFIX}.json"
+    splits, fps = _meta(meta_path)
     return read_h36m_format(
         root / f"data_3d_{PREFIX}.npz",
         path_2d,
@@ -66,4 +67,5 @@ def read_mocap17(
         fps=fps,
         subjects=subjects,
         sigma_px=sigma_px,
+        split_source=meta_path,
     )

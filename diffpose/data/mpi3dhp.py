@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from diffpose.data.h36m import DEFAULT_SIGMA_PX, load_npz_member
+from diffpose.data import npz
+from diffpose.data.h36m import DEFAULT_SIGMA_PX
 from diffpose.data.skeleton import NUM_JOINTS
 from diffpose.data.source import Clip, DataError, SourceInfo, check_finite, single_kernel_gmm
 
@@ -128,7 +129,7 @@ def _mask(path: Path, value: Any, where: str) -> np.ndarray:
 def read_train(path: str | Path, sigma_px: float = DEFAULT_SIGMA_PX) -> tuple[list[Clip], dict[str, float]]:
     """Clips of a train file (subject "S1", action "Seq1", camera from the file) and each sequence's fps."""
     path = Path(path)
-    data = load_npz_member(path, "data")
+    data = npz.read(path, "data")
     if not isinstance(data, dict):
         raise DataError(path, f"data: want a dict 'S<i> Seq<j>' -> [cameras, fps], not {type(data).__name__}")
     clips, fps = [], {}
@@ -155,7 +156,7 @@ def read_train(path: str | Path, sigma_px: float = DEFAULT_SIGMA_PX) -> tuple[li
 def read_test(path: str | Path, sigma_px: float = DEFAULT_SIGMA_PX) -> list[Clip]:
     """Clips of a test file: subject and action "TS<i>", camera 0, ``valid`` from the file."""
     path = Path(path)
-    data = load_npz_member(path, "data")
+    data = npz.read(path, "data")
     if not isinstance(data, dict):
         raise DataError(path, f"data: expected a dict 'TS<i>' -> poses, got {type(data).__name__}")
     clips = []
