@@ -43,6 +43,8 @@ SCHEMA_VERSION = 1
 SIGMA_FLOOR = 1e-3
 POSES_FILE = "poses.parquet"
 META_FILE = "meta.json"
+# What PoseStore.open and the loop read from meta.json.
+_META_KEYS = ("dataset", "detector", "kernels", "splits", "default_val", "rows", "fingerprint")
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ def prepare(
     root = Path(root)
     if not root.is_dir():
         raise DataError(root, "no such directory")
+    check_replaceable(Path(out))
     if dataset == "h36m":
         info, clips = read_h36m(root, detector=detector or "cpn_ft_h36m_dbb")
     elif dataset == "mpi3dhp":
@@ -87,7 +90,12 @@ def prepare(
                 synth = SynthConfig(seed=seed)
                 log.info("synthesising detections with GMMs (seed %d)", seed)
                 files = synthesize_files(root / "data_2d_cmu_mocap17_gt.npz", tmp, "cmu_mocap17", "synth", synth)
-                info, clips = read_mocap17(root, detector="synth", detections_dir=tmp)
+                try:
+                    info, clips = read_mocap17(root, detector="synth", detections_dir=tmp)
+                except DataError as e:
+                    if Path(e.path).parent == Path(tmp):  # the detections mirror the ground truth's arrays
+                        raise DataError(root / "data_2d_cmu_mocap17_gt.npz", e.message) from None
+                    raise
                 info.notes["synth_seed"] = str(seed)
                 info.notes["synth_kernels"] = str(synth.kernels)
                 return write_store(info, clips, out, DEFAULT_VAL[dataset], extra_files=files)
@@ -145,25 +153,79 @@ def write_store(
     if unknown_val:
         raise DataError(out, f"validation subjects {sorted(unknown_val)} are not training subjects")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)
+    check_replaceable(out)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise DataError(out, f"cannot write the store here: {e.strerror or e}") from e
+    try:
+        tmp.chmod(0o755)
         pq.write_table(table, tmp / POSES_FILE, compression="zstd", row_group_size=1 << 16)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
         if extra_files:
             (tmp / "sources").mkdir()
             for p in extra_files:
                 shutil.copy2(p, tmp / "sources" / Path(p).name)
-        if out.exists():
-            if not (out / META_FILE).exists():
-                raise DataError(out, "exists and is not a store; refusing to overwrite it")
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        _swap_into_place(tmp, out)
+    except OSError as e:
+        raise DataError(out, f"cannot write the store: {e.strerror or e}") from e
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     return meta
+
+
+def written_store(path: Path) -> bool:
+    """Whether ``path`` is a store this program wrote: its meta.json carries our schema version and a
+    content fingerprint, and it holds nothing but the files :func:`write_store` writes."""
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+        names = set(os.listdir(path))
+        kept = set(os.listdir(path / "sources")) if (path / "sources").is_dir() else set()
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    if not isinstance(meta, dict) or not isinstance(meta.get("schema_version"), int):
+        return False
+    fingerprint, listed = meta.get("fingerprint"), meta.get("kept_files", [])
+    if not (isinstance(fingerprint, str) and len(fingerprint) == 64 and isinstance(listed, list)):
+        return False
+    return names <= {POSES_FILE, META_FILE, "sources"} and {f"sources/{k}" for k in kept} <= set(map(str, listed))
+
+
+def check_replaceable(out: Path) -> None:
+    """Raise :class:`DataError` unless ``out`` may become a store: absent, an empty directory, or a store
+    this program wrote (which is then replaced). Anything else is the user's and is never touched."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise DataError(out, "exists and is not a directory; refusing to replace it")
+    if any(out.iterdir()) and not written_store(out):
+        raise DataError(out, "exists and is not a store written by `diffpose-bench prepare` (it holds other "
+                             "files); refusing to replace it: choose another --out")
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Put the finished store ``tmp`` at ``out``. An old store there is renamed aside first and deleted only
+    once the new one is in place (restored if that fails), so ``out`` never holds a half-written store."""
+    check_replaceable(out)
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    if not any(out.iterdir()):
+        out.rmdir()
+        os.replace(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+    try:
+        os.replace(out, old / "store")
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            os.replace(old / "store", out)
+            raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)  # the old store, or nothing once it was put back
 
 
 def _columns(clips: list[Clip], kernels: int, split_of: dict[str, str]) -> dict:
@@ -267,16 +329,34 @@ class PoseStore:
     def open(cls, path: str | Path) -> PoseStore:
         path = Path(path)
         meta_path = path / META_FILE
-        if not meta_path.exists():
+        if not meta_path.is_file():
             raise DataError(path, "not a store (no meta.json); run `diffpose-bench prepare` first")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("schema_version") != SCHEMA_VERSION:
-            raise DataError(meta_path, f"schema version {meta.get('schema_version')} != {SCHEMA_VERSION}; "
-                                       "prepare the store again")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise DataError(meta_path, f"unreadable ({e}); prepare the store again") from e
+        if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
+            version = meta.get("schema_version") if isinstance(meta, dict) else None
+            raise DataError(meta_path, f"schema version {version} != {SCHEMA_VERSION}; prepare the store again")
+        missing = [k for k in _META_KEYS if k not in meta]
+        if missing:
+            raise DataError(meta_path, f"missing {missing}; prepare the store again")
         cols = ["subject", "action", "action_class", "camera", "frame", "clip", "valid",
                 "pose_2d", "gmm_2d", "pose_3d"]
-        table = pq.read_table(path / POSES_FILE, columns=cols)
-        n, m = table.num_rows, meta["kernels"]
+        try:
+            table = pq.read_table(path / POSES_FILE, columns=cols)
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(path / POSES_FILE, f"unreadable ({e}); prepare the store again") from e
+        try:
+            return cls._from_table(path, meta, table)
+        except (pa.ArrowException, ValueError, AttributeError, TypeError) as e:
+            raise DataError(path / POSES_FILE, f"does not match meta.json ({e}); prepare the store again") from e
+
+    @classmethod
+    def _from_table(cls, path: Path, meta: dict, table: pa.Table) -> PoseStore:
+        n, m = table.num_rows, int(meta["kernels"])
+        if n != meta["rows"]:
+            raise ValueError(f"{n} rows, meta.json says {meta['rows']}")
 
         def codes(name: str) -> tuple[np.ndarray, tuple[str, ...]]:
             arr = table.column(name).combine_chunks()
@@ -309,7 +389,8 @@ class PoseStore:
         return len(self.frame)
 
     def split_subjects(self, split: str) -> tuple[str, ...]:
-        return tuple(self.meta["splits"].get(split, ()))
+        """The subjects of ``split`` that the store holds (a source may lack some of its dataset's split)."""
+        return tuple(s for s in self.meta["splits"].get(split, ()) if s in self.subjects)
 
     def rows(self, subjects: tuple[str, ...], stride: int = 1, valid_only: bool = False) -> np.ndarray:
         """Row indices of ``subjects`` (every ``stride``-th frame of each clip), in store order."""
