@@ -7,6 +7,7 @@ problem to stderr and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -14,10 +15,12 @@ import time
 import tomllib
 from pathlib import Path
 
-from diffpose.config import VARIANTS, Config, ConfigError
+from diffpose.config import VARIANTS, Config, ConfigError, read_toml
 from diffpose.data.source import DataError
 
 EXIT_BAD_INPUT = 2
+USER_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EISDIR,
+                         errno.ENOTDIR, errno.ENAMETOOLONG})
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
@@ -36,19 +39,32 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config(args: argparse.Namespace) -> Config:
-    cfg = Config.from_toml(args.config) if args.config else Config()
+def _changes(args: argparse.Namespace) -> list[tuple[dict[str, object], str]]:
+    """The config changes the command line asks for, in the order they apply: --config FILE, --variant V,
+    then --set KEY=VALUE."""
+    out: list[tuple[dict[str, object], str]] = []
+    if args.config:
+        out.append((read_toml(args.config, what="config file"), str(args.config)))
     if args.variant:
         if args.variant not in VARIANTS:
             raise ConfigError(f"--variant: unknown variant {args.variant!r} (known: {', '.join(VARIANTS)})")
-        cfg = cfg.override(VARIANTS[args.variant][2], source=f"--variant {args.variant}")
+        out.append((VARIANTS[args.variant][2], f"--variant {args.variant}"))
     changes = {}
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--set {item!r}: expected key=value")
         changes[key.strip()] = _parse_value(value.strip())
-    return cfg.override(changes, source="--set") if changes else cfg
+    if changes:
+        out.append((changes, "--set"))
+    return out
+
+
+def _config(args: argparse.Namespace) -> Config:
+    cfg = Config()
+    for changes, source in _changes(args):
+        cfg = cfg.override(changes, source=source)
+    return cfg
 
 
 def _parse_value(text: str) -> object:
@@ -57,6 +73,28 @@ def _parse_value(text: str) -> object:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+
+
+def _output_file(path: Path | None, flag: str = "--out") -> None:
+    """Refuse, before any work, an output file that cannot be one (a directory; a parent that is a file)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise DataError(path, f"{flag} is a directory; give a file name")
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise DataError(parent, f"{flag}: {parent} is a file, not a directory")
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a temporary file renamed into place)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as e:
+        raise DataError(path, f"cannot write ({e.strerror or e})") from None
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -71,16 +109,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from diffpose.train import evaluate, load_checkpoint
+    """The checkpoint's own config, with evaluation-only changes from --config/--variant/--set on top."""
+    from diffpose.train import checkpoint_config, evaluate, load_checkpoint
 
-    cfg = _config(args) if (args.config or args.set or args.variant) else None
-    if cfg is None:
-        cfg = Config.from_dict(load_checkpoint(args.checkpoint)["config"], source=str(args.checkpoint))
+    _output_file(args.out)
+    cfg = checkpoint_config(load_checkpoint(args.checkpoint), args.checkpoint)
+    for changes, source in _changes(args):
+        cfg = cfg.for_evaluation(changes, source=source)
     result = evaluate(cfg, args.checkpoint, args.split, encoder_cache=args.encoder_cache)
     text = json.dumps(result, indent=1)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        _write_text(args.out, text)
     print(text if not args.out else f"wrote {args.out}: P1 {result['p1']:.1f} mm, P2 {result['p2']:.1f} mm "
                                     f"over {result['frames']} frames of {', '.join(result['subjects'])}")
     return 0
@@ -124,22 +163,25 @@ def _report(uri: str, experiment: str, results: Path) -> Path:
 def _experiment_of(path: Path, results: Path) -> str:
     """The MLflow experiment a suite file or a search file (one with a [search] table) logs to: its name."""
     from benchmark.search import load_search
-    from benchmark.suite import load_suite
+    from benchmark.suite import SuiteError, load_suite
 
-    try:
-        is_search = "search" in tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError):
-        is_search = False  # load_suite says what is wrong with the file
+    is_search = "search" in read_toml(path, SuiteError, "suite or search file")
     if is_search:
         return load_search(path, results_dir=results, check_data=False).name
     return load_suite(path, check_data=False).name
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from benchmark.tracking import tracking_uri
+    from benchmark.tracking import experiment_exists, tracking_uri
 
     experiment = args.experiment or _experiment_of(args.suite, args.results)
-    out = _report(tracking_uri(args.results, args.tracking_uri), experiment, args.results)
+    uri = tracking_uri(args.results, args.tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise DataError(uri.removeprefix("sqlite:///"), "no tracking database: nothing has run with these "
+                                                        "--results (or give --tracking-uri)")
+    if not experiment_exists(uri, experiment):
+        raise DataError(uri, f"no experiment {experiment!r} (nothing of that suite or search has run here)")
+    out = _report(uri, experiment, args.results)
     print(f"report written to {out}")
     return 0
 
@@ -147,6 +189,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from benchmark.speed import run_bench, summary_lines
 
+    _output_file(args.out)
     result = run_bench(args.store, args.out, threads=args.threads, quick=args.quick)
     print("\n".join(summary_lines(result)))
     print(f"wrote {args.out}")
@@ -240,5 +283,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (DataError, ConfigError, SuiteError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:
+        # A path the user gave that cannot be written or read as asked (read-only, no permission, full, a
+        # directory where a file should be): theirs to fix, so one line. Any other OSError is a bug.
+        if e.filename is None or e.errno not in USER_ERRNOS:
+            raise
+        print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -53,7 +53,6 @@ import math
 import os
 import threading
 import time
-import tomllib
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -71,7 +70,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from benchmark.suite import DatasetSpec, SuiteError, Trial, _dataset, _flat, _table, _typed, parse_resources
-from diffpose.config import VARIANTS, Config, ConfigError
+from diffpose.config import VARIANTS, Config, ConfigError, read_toml
 
 log = logging.getLogger(__name__)
 
@@ -339,12 +338,7 @@ def load_search(path: str | Path, *, results_dir: str | Path = "results", storag
     """Read and validate a search file; nothing is created or started. The study storage is ``storage``,
     else ``OPTUNA_STORAGE``, else the file's ``search.storage``, else SQLite under ``results_dir``."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise SearchError(f"{path}: no such search file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SearchError(f"{path}: not valid TOML ({e})") from None
+    raw = read_toml(path, SearchError, "search file")
     fail = _Fail(path)
     for key in raw:
         if key not in _TOP_KEYS:
@@ -426,6 +420,8 @@ def load_search(path: str | Path, *, results_dir: str | Path = "results", storag
         startup_trials=startup, stale_after_s=stale,
         start_from_default=get("start_from_default", bool, True), max_failures=get("max_failures", int, 1),
         cpu=cpu, gpu=gpu, base=base, space=space, fixed=fixed)
+    if search.max_failures < 0:
+        raise fail("search.max_failures", f"must be >= 0 (retries of a failed trial), got {search.max_failures}")
     if search.start_from_default:
         defaults = search.defaults()
         for dim in space:
@@ -949,7 +945,7 @@ def run_search(
     from mlflow.tracking import MlflowClient
 
     from benchmark import tracking
-    from benchmark.runner import _init_ray, _resources, prepare_stores
+    from benchmark.runner import _resources, init_ray, prepare_stores
     from diffpose.data.store import PoseStore
 
     t_start = time.perf_counter()
@@ -979,7 +975,7 @@ def run_search(
 
     cache = results / "encoders"
     _pretrain_encoder(search, cache, store)
-    _init_ray(address)
+    init_ray(address, results)
     res, slots = _resources(search)  # type: ignore[arg-type] - needs only .cpu and .gpu
     ctx = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent,
            "results_dir": str(results), "encoder_cache": str(cache), "git_commit": commit}

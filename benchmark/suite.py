@@ -36,13 +36,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffpose.config import AXES, INFERENCE_AXES, VARIANTS, Config, ConfigError
+from diffpose.config import AXES, INFERENCE_AXES, VARIANTS, Config, ConfigError, read_toml
 from diffpose.lifters import needs_encoder
 
 
@@ -198,12 +197,7 @@ def load_suite(path: str | Path, *, check_data: bool = True) -> Suite:
     """Read and validate a suite file. With ``check_data``, every dataset's store must exist or be
     preparable from an existing root."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise SuiteError(f"{path}: no such suite file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SuiteError(f"{path}: not valid TOML ({e})") from None
+    raw = read_toml(path, SuiteError, "suite file")
 
     def fail(key: str, msg: str) -> SuiteError:
         return SuiteError(f"{path}: {key}: {msg}")
@@ -251,6 +245,8 @@ def load_suite(path: str | Path, *, check_data: bool = True) -> Suite:
         variant_overrides=variant_overrides, cpu=cpu, gpu=gpu,
         max_failures=_typed(head.get("max_failures", 2), int, "suite.max_failures", fail),
     )
+    if suite.max_failures < 0:
+        raise fail("suite.max_failures", f"must be >= 0 (retries of a failed trial), got {suite.max_failures}")
     suite.trials()  # every config validates now, before anything starts
     return suite
 
@@ -307,7 +303,7 @@ def apply_overrides(suite_path: str | Path, overrides_path: str | Path, out_dir:
     single [base] table merged into its own (the override wins), renamed so its runs get their own experiment.
     An override file is what ``diffpose-bench tune`` exports as the best config of a search."""
     overrides_path = Path(overrides_path)
-    over = _read(overrides_path)
+    over = read_toml(overrides_path, SuiteError)
     for key in over:
         if key != "base":
             raise SuiteError(f"{overrides_path}: {key}: unknown table (an override file holds one [base] table)")
@@ -316,7 +312,7 @@ def apply_overrides(suite_path: str | Path, overrides_path: str | Path, out_dir:
         Config().override(changes, source=str(overrides_path))
     except ConfigError as e:
         raise SuiteError(str(e)) from None
-    raw = _read(Path(suite_path))
+    raw = read_toml(suite_path, SuiteError)
     raw["base"] = {**_flat(raw.get("base", {})), **changes}
     head = raw.setdefault("suite", {})
     head["name"] = f"{head.get('name', Path(suite_path).stem)}+{overrides_path.stem}"
@@ -328,15 +324,6 @@ def apply_overrides(suite_path: str | Path, overrides_path: str | Path, out_dir:
     out.write_text("\n".join(lines) + "\n")
     load_suite(out, check_data=False)
     return out
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise SuiteError(f"{path}: no such file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SuiteError(f"{path}: not valid TOML ({e})") from None
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

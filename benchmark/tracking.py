@@ -38,6 +38,10 @@ def git_commit() -> str:
         return "unknown"
 
 
+def experiment_exists(uri: str, name: str) -> bool:
+    return MlflowClient(uri).get_experiment_by_name(name) is not None
+
+
 def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
     """The experiment's id, created (with artifacts under ``artifact_root`` for a local store) if new."""
     exp = client.get_experiment_by_name(name)

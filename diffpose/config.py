@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import tomllib
 import types
 import typing
@@ -20,6 +22,25 @@ from typing import Any
 
 class ConfigError(ValueError):
     """A config key is unknown or has the wrong type or value. One line, naming the key and the source."""
+
+
+def read_toml(path: str | Path, error: type[Exception] = ConfigError, what: str = "file") -> dict[str, Any]:
+    """A TOML file as a dict; a file that is missing, not a file, not UTF-8 text or not valid TOML raises
+    ``error`` with one line naming it. Every TOML file the package reads (configs, suites, searches,
+    override files) is read here."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory, not a {what}") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a text file (not UTF-8)") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror or e})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise error(f"{path}: not valid TOML ({e})") from None
 
 
 @dataclass(frozen=True)
@@ -149,15 +170,7 @@ class Config:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Config:
-        path = Path(path)
-        try:
-            with open(path, "rb") as f:
-                raw = tomllib.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML ({e})") from None
-        return cls.from_dict(raw, source=str(path))
+        return cls.from_dict(read_toml(path, what="config file"), source=str(path))
 
     def override(self, changes: dict[str, Any], source: str = "override") -> Config:
         """A new Config with dotted-key ``changes`` applied. Changing ``model.lifter`` (``encoder.lifter``)
@@ -172,6 +185,18 @@ class Config:
         merged = _flatten_dict(base)
         merged.update(flat_changes)
         return Config.from_dict(merged, source=source)
+
+    def for_evaluation(self, changes: dict[str, Any], source: str = "override") -> Config:
+        """This (a checkpoint's) config with evaluation-only ``changes`` (:data:`EVALUATION_KEYS`); changing a
+        key the trained weights depend on raises :class:`ConfigError` naming it."""
+        new = self.override(changes, source=source)
+        old_flat, new_flat = self.flatten(), new.flatten()
+        for key, value in new_flat.items():
+            if value != old_flat[key] and key not in EVALUATION_KEYS:
+                raise ConfigError(f"{source}: {key}: the checkpoint's weights were trained with {key} = "
+                                  f"{old_flat[key]!r}; an evaluation may change only "
+                                  f"{', '.join(sorted(EVALUATION_KEYS))}")
+        return new
 
     # ---- views ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -251,6 +276,12 @@ class Config:
         need(t.lr > 0, "train.lr", "must be > 0")
         need(0.0 <= t.ema < 1.0, "train.ema", "must be in [0, 1)")
         need(t.metric in ("val_p1", "val_p2"), "train.metric", "must be 'val_p1' or 'val_p2'")
+        need(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", t.device) is not None, "train.device",
+             f"must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {t.device!r}")
+        need(t.threads >= 0 and t.steps_per_epoch >= 0 and t.val_max_frames >= 0 and t.eval_batch_size >= 1,
+             "train.threads/steps_per_epoch/val_max_frames/eval_batch_size", "must be >= 0 (eval_batch_size >= 1)")
+        need(t.weight_decay >= 0 and t.grad_clip >= 0 and t.lr_gamma > 0 and t.lr_step >= 1,
+             "train.weight_decay/grad_clip/lr_gamma/lr_step", "must be >= 0 (lr_gamma > 0, lr_step >= 1)")
 
 
 # Published architecture defaults per lifter (model and encoder sections); every key of the registry has one.
@@ -297,6 +328,15 @@ AXES: dict[str, str] = {"steps": "diffusion.steps", "kernels": "data.kernels", "
 # inference settings on the validation set), so each K or N is compared on the same model.
 INFERENCE_AXES: frozenset[str] = frozenset({"steps", "hypotheses"})
 
+
+# Keys that change how trained weights are evaluated, never the weights: `diffpose-bench evaluate` may override
+# them on top of a checkpoint's own config (Config.for_evaluation); every other key is what the weights depend on.
+EVALUATION_KEYS: frozenset[str] = frozenset({
+    "data.store", "data.test_subjects", "data.val_subjects", "data.eval_stride", "data.eval_mode",
+    "data.flip_test", "diffusion.steps", "diffusion.hypotheses", "diffusion.eta", "diffusion.aggregate",
+    "diffusion.t_start", "diffusion.heatmap_init", "train.device", "train.amp", "train.threads",
+    "train.eval_batch_size",
+})
 
 _ARCHITECTURE = ("hidden", "blocks", "heads", "dropout")
 _SECTIONS = {"data": Data, "model": Model, "encoder": Encoder, "diffusion": Diffusion, "train": Train}
@@ -366,13 +406,18 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             except ValueError:
                 pass
     elif hint is float:
+        number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(f"{source}: {key} must be a finite number, got {value!r}")
+            return number
     elif hint is str:
         if isinstance(value, str):
             return value

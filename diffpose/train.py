@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from diffpose import metrics
-from diffpose.config import Config
+from diffpose.config import Config, ConfigError
+from diffpose.data.source import DataError
 from diffpose.data.store import Batch, PoseStore, Sampler, mirror
 from diffpose.lifters import Lifter, build_lifter
 
@@ -32,9 +34,17 @@ BEST = "best.pt"
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA if available, then Apple MPS, else the CPU."""
+    """``auto``: CUDA if available, then Apple MPS, else the CPU. A device named in the config that this
+    machine lacks is a :class:`ConfigError` naming ``train.device``."""
     if name != "auto":
-        return torch.device(name)
+        device = torch.device(name)
+        cuda_ok = torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+        if device.type == "cuda" and not cuda_ok:
+            raise ConfigError(f"train.device: {name!r} is not available on this machine "
+                              f"({torch.cuda.device_count()} CUDA devices)")
+        if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError(f"train.device: {name!r} is not available on this machine")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -63,23 +73,40 @@ class Splits:
 
 
 def splits(cfg: Config, store: PoseStore) -> Splits:
+    """The rows of each role. Subjects unknown to the store, a test subject used for training or validation,
+    and ``data.kernels`` above the store's raise :class:`ConfigError` naming the key and the store."""
     d = cfg.data
     val = d.val_subjects or tuple(store.meta["default_val"])
     train = d.train_subjects or tuple(s for s in store.split_subjects("train") if s not in val)
     test = d.test_subjects or store.split_subjects("test")
-    overlap = set(train) & set(test) or set(val) & set(test)
-    if overlap:
-        raise ValueError(f"subjects {sorted(overlap)} are in the test split and also used for training or "
-                         "validation; model selection never sees the test set")
+    for key, subjects in (("data.train_subjects", train), ("data.val_subjects", val),
+                          ("data.test_subjects", test)):
+        unknown = [s for s in subjects if s not in store.subjects]
+        if unknown:
+            raise ConfigError(f"{key}: unknown subject(s) {unknown} (the store {store.path} has "
+                              f"{list(store.subjects)})")
+    for key, subjects in (("data.train_subjects", train), ("data.val_subjects", val)):
+        overlap = sorted(set(subjects) & set(test))
+        if overlap:
+            raise ConfigError(f"{key}: {overlap} also in the test subjects; model selection never sees the "
+                              "test set")
+    if d.kernels > store.meta["kernels"]:
+        raise ConfigError(f"data.kernels: {d.kernels}, but the store {store.path} has {store.meta['kernels']} "
+                          "GMM kernels")
     val_rows = store.rows(val, stride=d.eval_stride, valid_only=True)
     if cfg.train.val_max_frames and len(val_rows) > cfg.train.val_max_frames:
         val_rows = val_rows[np.linspace(0, len(val_rows) - 1, cfg.train.val_max_frames).astype(np.int64)]
-    return Splits(
+    out = Splits(
         train=store.rows(train, stride=d.train_stride),
         val=val_rows,
         test=store.rows(test, stride=d.eval_stride, valid_only=True),
         subjects={"train": train, "val": val, "test": test},
     )
+    for role in ("train", "val"):
+        if not len(getattr(out, role)):
+            raise ConfigError(f"data.{role}_subjects: no {role} frames in the store {store.path} for "
+                              f"{list(out.subjects[role])}")
+    return out
 
 
 class Ema:
@@ -118,8 +145,23 @@ def _save(obj: dict, path: Path) -> None:
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
-    """A checkpoint written by :func:`fit` (tensors and plain data only: loaded with weights_only=True)."""
-    return torch.load(path, map_location=device, weights_only=True)
+    """A checkpoint written by :func:`fit` (tensors and plain data only: loaded with weights_only=True).
+    A file that is missing, not a torch checkpoint, truncated or not one of ours raises :class:`DataError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "no such checkpoint" if not path.exists() else "not a file (a checkpoint is a .pt "
+                                                                           "file written by training)")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise DataError(path, "not a checkpoint: not a torch file, or one holding more than tensors and plain "
+                              "data (refused, not unpickled)") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError, IndexError, TypeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(path, f"not a readable checkpoint, truncated or damaged ({reason[:120]})") from None
+    if not isinstance(state, dict) or not {"config", "config_hash", "model"} <= set(state):
+        raise DataError(path, "not a checkpoint written by `diffpose-bench train` (no config and weights)")
+    return state
 
 
 @dataclass
@@ -148,14 +190,19 @@ def fit(
     ``encoder_cache``: where DiffPose's context encoders are cached (default ``out_dir/../encoders``).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / CHECKPOINT
+    resume = _resume_state(ckpt_path, cfg)
     device = pick_device(cfg.train.device)
+    store = PoseStore.open(cfg.data.store)
+    rows = splits(cfg, store)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(out_dir, f"cannot write the training's output here ({e.strerror or e})") from None
     threads = set_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
 
-    store = PoseStore.open(cfg.data.store)
-    rows = splits(cfg, store)
     sampler = Sampler(store, frames=cfg.data.frames, kernels=cfg.data.kernels, device=device)
     cache = Path(encoder_cache) if encoder_cache else out_dir.parent / "encoders"
     lifter = build_lifter(cfg, store, rows.train, device=device, encoder_cache=cache, progress=progress)
@@ -169,17 +216,13 @@ def fit(
 
     history: list[dict[str, float]] = []
     start_epoch, best_metric, best_epoch = 0, float("inf"), -1
-    ckpt_path = out_dir / CHECKPOINT
-    if ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, device)
-        if state["config_hash"] != cfg.hash():
-            raise ValueError(f"{ckpt_path}: written for another config ({state['config_hash']} != {cfg.hash()});"
-                             " use a fresh output directory")
+    if resume is not None:
+        state = resume
         lifter.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None:
-            ema.shadow = state["ema"]
+            ema.shadow = {k: v.to(device) for k, v in state["ema"].items()}
         generator.set_state(state["generator"].to(generator.get_state().device))
         torch.set_rng_state(state["torch_rng"])
         start_epoch, best_metric, best_epoch = state["epoch"] + 1, state["best_metric"], state["best_epoch"]
@@ -253,6 +296,20 @@ def fit(
     return FitResult(out_dir=out_dir, best_checkpoint=out_dir / BEST, best_epoch=best_epoch,
                      best_metric=best_metric, history=history,
                      seconds=sum(h["epoch_seconds"] for h in history))
+
+
+def _resume_state(ckpt_path: Path, cfg: Config) -> dict | None:
+    """The state to resume from (``ckpt_path`` when it exists), checked to be this config's before anything
+    is built or written: an output folder holding another config's training is refused by name."""
+    if not ckpt_path.exists() and not ckpt_path.parent.is_file():
+        return None
+    if ckpt_path.parent.is_file():
+        raise DataError(ckpt_path.parent, "is a file; the output of a training is a directory")
+    state = load_checkpoint(ckpt_path)
+    if state["config_hash"] != cfg.hash() or "optimizer" not in state:
+        raise DataError(ckpt_path.parent, f"holds the training of another config ({state['config_hash']}, this one "
+                                          f"is {cfg.hash()}); use a fresh output directory")
+    return state
 
 
 def chunk_windows(store: PoseStore, rows: np.ndarray, frames: int
@@ -468,6 +525,14 @@ def flops_per_pose(lifter: Lifter, sampler: Sampler, row: int, flip_test: bool =
     return per_pose * (2.0 if flip_test else 1.0)
 
 
+def checkpoint_config(state: dict, path: str | Path) -> Config:
+    """The config a checkpoint of :func:`fit` was trained with."""
+    try:
+        return Config.from_dict(state["config"], source=str(path))
+    except (ConfigError, AttributeError, TypeError) as e:
+        raise DataError(path, f"its config is not one this version reads ({e})") from None
+
+
 def evaluate(cfg: Config, checkpoint: str | Path, split: str = "test", *, encoder_cache: str | Path | None = None,
              device: str | None = None, save_predictions: Path | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint of :func:`fit` on ``split`` ("test" or "val"): the dict written as JSON by the
@@ -480,7 +545,11 @@ def evaluate(cfg: Config, checkpoint: str | Path, split: str = "test", *, encode
     sampler = Sampler(store, frames=cfg.data.frames, kernels=cfg.data.kernels, device=dev)
     cache = Path(encoder_cache) if encoder_cache else Path(checkpoint).parent.parent / "encoders"
     lifter = build_lifter(cfg, store, rows.train, device=dev, encoder_cache=cache, train_encoder=False)
-    lifter.load_state_dict(state["model"])
+    try:
+        lifter.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise DataError(checkpoint, f"its weights do not fit {cfg.model.lifter} as configured "
+                                    f"({str(e).splitlines()[0]})") from None
     lifter.to(dev)
     t0 = time.perf_counter()
     chosen = {"test": rows.test, "val": rows.val}[split]

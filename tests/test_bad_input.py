@@ -1,0 +1,471 @@
+"""The corpus of bad input, through the CLI: every user mistake is one line naming the file or the key, exit
+status 2, nothing deleted, nothing executed, nothing half-written. A traceback is a bug in our code.
+
+Each new kind of bad input found later joins these tests.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from formats import (
+    save_npz,
+    write_h36m_2d,
+    write_h36m_3d,
+    write_h36m_gmm,
+    write_mocap17_root,
+    write_mpi3dhp_test,
+    write_mpi3dhp_train,
+)
+
+from benchmark.cli import main
+from diffpose.data.h36m import h36m_cameras
+
+LAYOUT = {"S1": {"Directions 1": 12, "TakingPhoto 1": 8}, "S8": {"Eating": 6}, "S9": {"Walking 1": 10}}
+TINY = ["--set", "model.lifter=simple_baseline", "--set", "model.hidden=16", "--set", "train.epochs=1",
+        "--set", "train.batch_size=32", "--set", "data.eval_stride=2"]
+
+
+def run(capsys, *argv: str) -> tuple[int, str]:
+    """(exit status, stderr) of the CLI."""
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err.strip()
+
+
+def one_line(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    """Every file below ``path`` and its bytes (to show that nothing changed)."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def h36m_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("h36m")
+    poses = write_h36m_3d(root / "data_3d_h36m.npz", LAYOUT, joints=32)
+    write_h36m_2d(root / "data_2d_h36m_cpn_ft_h36m_dbb.npz", poses, h36m_cameras(), noise_px=3.0)
+    write_h36m_gmm(root / "data_2d_h36m_cpn_ft_h36m_dbb_gmm.npz", poses, h36m_cameras())
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(h36m_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("stores") / "h36m"
+    assert main(["prepare", "--dataset", "h36m", "--root", str(h36m_root), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def checkpoint(store, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "sb"
+    assert main(["train", *TINY, "--set", f"data.store={store}", "--out", str(out)]) == 0
+    return out / "best.pt"
+
+
+def copy_root(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for p in src.iterdir():
+        (dst / p.name).write_bytes(p.read_bytes())
+    return dst
+
+
+def mocap_root(tmp_path: Path, splits: dict | None = None, layout: dict | None = None) -> Path:
+    layout = layout or {"cmu01": {"Walking 01_01": 9}, "cmu08": {"Walking 08_01": 7}, "cmu02": {"Jumping 02_01": 8}}
+    splits = splits or {"train": ["cmu01", "cmu08"], "test": ["cmu02"]}
+    root = tmp_path / "mocap"
+    write_mocap17_root(root, layout, splits, h36m_cameras()["S1"])
+    return root
+
+
+def prepare_mocap(capsys, root: Path, out: Path, *extra: str) -> tuple[int, str]:
+    return run(capsys, "prepare", "--dataset", "mocap17", "--root", root, "--out", out, "--detector", "synth", *extra)
+
+
+# ---- 1. prepare never deletes what it did not write ---------------------------------------------------------
+
+def test_prepare_refuses_a_folder_that_is_not_its_store_and_deletes_nothing(h36m_root, tmp_path, capsys):
+    out = tmp_path / "u"
+    (out / "sub").mkdir(parents=True)
+    (out / "meta.json").write_text("{}")
+    (out / "thesis.tex").write_text("x")
+    before = tree(out)
+    code, err = run(capsys, "prepare", "--dataset", "h36m", "--root", h36m_root, "--out", out)
+    one_line(code, err, str(out), "refusing to replace")
+    assert tree(out) == before and (out / "sub").is_dir()
+
+
+def test_prepare_replaces_its_own_store_but_not_one_holding_a_users_file(h36m_root, store, tmp_path, capsys):
+    out = tmp_path / "again"
+    assert main(["prepare", "--dataset", "h36m", "--root", str(h36m_root), "--out", str(out)]) == 0
+    first = json.loads((out / "meta.json").read_text())["fingerprint"]
+    assert main(["prepare", "--dataset", "h36m", "--root", str(h36m_root), "--out", str(out)]) == 0
+    assert json.loads((out / "meta.json").read_text())["fingerprint"] == first
+    assert [p.name for p in tmp_path.iterdir()] == ["again"]  # no temporary or old copy left beside it
+    (out / "notes.txt").write_text("mine")
+    code, err = run(capsys, "prepare", "--dataset", "h36m", "--root", h36m_root, "--out", out)
+    one_line(code, err, str(out))
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_prepare_into_an_unwritable_place(h36m_root, capsys):
+    code, err = run(capsys, "prepare", "--dataset", "h36m", "--root", h36m_root, "--out", "/sys/diffpose-store")
+    one_line(code, err, "/sys/diffpose-store")
+
+
+# ---- 2. a file never runs code ------------------------------------------------------------------------------
+
+class Payload:
+    """Unpickling this touches ``marker``: what a malicious file would do instead."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def npz_with_payload(path: Path, key: str, marker: Path) -> None:
+    """A real npz whose member ``key`` is an object array holding the payload (as np.savez writes dicts)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.array({"S1": Payload(marker)}, dtype=object), allow_pickle=True)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"{key}.npy", buf.getvalue())
+
+
+def pickle_with_zip_trailer(path: Path, marker: Path) -> None:
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as z:
+        z.writestr("positions_3d.npy", b"")
+    path.write_bytes(pickle.dumps(Payload(marker)) + zipped.getvalue())
+
+
+@pytest.mark.parametrize("dataset,name,key", [
+    ("h36m", "data_3d_h36m.npz", "positions_3d"),
+    ("h36m", "data_2d_h36m_cpn_ft_h36m_dbb.npz", "positions_2d"),
+    ("h36m", "data_2d_h36m_cpn_ft_h36m_dbb_gmm.npz", "positions_2d"),
+    ("mocap17", "data_2d_cmu_mocap17_gt.npz", "positions_2d"),       # the synthesised-detections path
+    ("mocap17", "data_3d_cmu_mocap17.npz", "positions_3d"),
+    ("mpi3dhp", "data_train_3dhp.npz", "data"),
+    ("mpi3dhp", "data_test_3dhp.npz", "data"),
+])
+@pytest.mark.parametrize("kind", ["payload in an npz", "pickle renamed .npz", "pickle with a zip trailer"])
+def test_no_input_file_is_unpickled_beyond_plain_data(h36m_root, tmp_path, capsys, dataset, name, key, kind):
+    if dataset == "h36m":
+        root = copy_root(h36m_root, tmp_path / "root")
+    elif dataset == "mocap17":
+        root = mocap_root(tmp_path)
+    else:
+        root = tmp_path / "root"
+        root.mkdir()
+        write_mpi3dhp_train(root / "data_train_3dhp.npz", {"S1 Seq1": 6})
+        write_mpi3dhp_test(root / "data_test_3dhp.npz", {"TS1": 6})
+    marker = tmp_path / "pwned"
+    target = root / name
+    if kind == "payload in an npz":
+        npz_with_payload(target, key, marker)
+    elif kind == "pickle renamed .npz":
+        target.write_bytes(pickle.dumps(Payload(marker)))
+    else:
+        pickle_with_zip_trailer(target, marker)
+    out = tmp_path / "store"
+    code, err = run(capsys, "prepare", "--dataset", dataset, "--root", root, "--out", out)
+    one_line(code, err, str(target))
+    assert not marker.exists(), "the file's code ran"
+    assert not out.exists()
+
+
+def test_a_checkpoint_is_never_unpickled_beyond_tensors(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "best.pt"
+    import torch
+
+    torch.save({"config": {}, "config_hash": "x", "model": Payload(marker)}, ckpt)
+    code, err = run(capsys, "evaluate", ckpt)
+    one_line(code, err, str(ckpt))
+    assert not marker.exists()
+
+
+# ---- 3. evaluate keeps the checkpoint's config ----------------------------------------------------------------
+
+def test_evaluate_applies_set_on_top_of_the_checkpoints_config(checkpoint, tmp_path, capsys):
+    # The checkpoint was trained on a store far from the default path, with every 2nd test frame.
+    plain, finer = tmp_path / "plain.json", tmp_path / "finer.json"
+    assert main(["evaluate", str(checkpoint), "--out", str(plain)]) == 0
+    assert main(["evaluate", str(checkpoint), "--set", "data.eval_stride=1", "--out", str(finer)]) == 0
+    a, b = json.loads(plain.read_text()), json.loads(finer.read_text())
+    assert a["protocol"]["eval_stride"] == 2 and b["protocol"]["eval_stride"] == 1
+    assert b["frames"] == 40 and a["frames"] == 20  # S9: 10 frames x 4 cameras, every 1st / 2nd
+    assert a["lifter"] == b["lifter"] == "simple_baseline"
+
+
+@pytest.mark.parametrize("flags,key", [
+    (["--set", "model.hidden=32"], "model.hidden"),
+    (["--set", "model.lifter=graformer"], "model.lifter"),
+    (["--variant", "refiner"], "diffusion.mode"),
+    (["--set", "train.epochs=7"], "train.epochs"),
+])
+def test_evaluate_refuses_changing_what_the_weights_depend_on(checkpoint, tmp_path, capsys, flags, key):
+    out = tmp_path / "r.json"
+    code, err = run(capsys, "evaluate", checkpoint, *flags, "--out", out)
+    one_line(code, err, key, "trained with")
+    assert not out.exists()
+
+
+def test_evaluate_takes_a_config_file_on_top_of_the_checkpoint(checkpoint, tmp_path, capsys):
+    cfg = tmp_path / "eval.toml"
+    cfg.write_text("[data]\neval_stride = 1\n")
+    assert main(["evaluate", str(checkpoint), "--config", str(cfg), "--out", str(tmp_path / "r.json")]) == 0
+    cfg.write_text("[model]\nhidden = 8\n")
+    one_line(*run(capsys, "evaluate", checkpoint, "--config", cfg), "model.hidden")
+
+
+# ---- 4. no tracebacks ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["text", "truncated", "missing", "directory", "not ours"])
+def test_evaluate_a_bad_checkpoint(checkpoint, tmp_path, capsys, kind):
+    ckpt = tmp_path / "bad.pt"
+    if kind == "text":
+        ckpt.write_text("hello\n")
+    elif kind == "truncated":
+        ckpt.write_bytes(checkpoint.read_bytes()[:2000])
+    elif kind == "directory":
+        ckpt.mkdir()
+    elif kind == "not ours":
+        import torch
+
+        torch.save({"weights": torch.zeros(2)}, ckpt)
+    one_line(*run(capsys, "evaluate", ckpt), str(ckpt))
+
+
+def test_evaluate_out_is_a_directory(checkpoint, tmp_path, capsys):
+    one_line(*run(capsys, "evaluate", checkpoint, "--out", tmp_path), str(tmp_path), "directory")
+
+
+def test_evaluate_out_unwritable(checkpoint, capsys):
+    one_line(*run(capsys, "evaluate", checkpoint, "--out", "/sys/diffpose.json"), "/sys/diffpose.json")
+
+
+@pytest.mark.parametrize("kind", ["directory", "binary", "missing", "not toml"])
+def test_train_config_file(tmp_path, capsys, kind):
+    cfg = tmp_path / "c.toml"
+    if kind == "directory":
+        cfg.mkdir()
+    elif kind == "binary":
+        cfg.write_bytes(bytes(range(256)))
+    elif kind == "not toml":
+        cfg.write_text("[train\n")
+    out = tmp_path / "out"
+    one_line(*run(capsys, "train", "--config", cfg, "--out", out), str(cfg))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("setting,key", [
+    ("train.device=banana", "train.device"),
+    ("train.lr=inf", "train.lr"),
+    ("train.lr=nan", "train.lr"),
+    ("data.kernels=9", "data.kernels"),
+    ("data.val_subjects=S9", "data.val_subjects"),
+    ("data.train_subjects=S9", "data.train_subjects"),
+    ("data.test_subjects=S42", "data.test_subjects"),
+    ("train.epochs=0", "train.epochs"),
+])
+def test_train_bad_setting(store, tmp_path, capsys, setting, key):
+    out = tmp_path / "out"
+    code, err = run(capsys, "train", *TINY, "--set", f"data.store={store}", "--set", setting, "--out", out)
+    one_line(code, err, key)
+    assert not out.exists()
+
+
+def test_train_on_a_missing_cuda_device(store, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "out"
+    one_line(*run(capsys, "train", *TINY, "--set", f"data.store={store}", "--set", "train.device=cuda", "--out",
+                  out), "train.device")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("damage", ["meta.json not json", "meta.json a list", "meta.json missing keys",
+                                    "poses.parquet truncated", "poses.parquet missing", "not a store"])
+def test_train_on_a_damaged_store(store, tmp_path, capsys, damage):
+    bad = tmp_path / "store"
+    bad.mkdir()
+    for name in ("meta.json", "poses.parquet"):
+        (bad / name).write_bytes((store / name).read_bytes())
+    if damage == "meta.json not json":
+        (bad / "meta.json").write_text("{nope")
+    elif damage == "meta.json a list":
+        (bad / "meta.json").write_text("[]")
+    elif damage == "meta.json missing keys":
+        meta = json.loads((bad / "meta.json").read_text())
+        del meta["splits"]
+        (bad / "meta.json").write_text(json.dumps(meta))
+    elif damage == "poses.parquet truncated":
+        data = (bad / "poses.parquet").read_bytes()
+        (bad / "poses.parquet").write_bytes(data[: len(data) // 2])
+    elif damage == "poses.parquet missing":
+        (bad / "poses.parquet").unlink()
+    else:
+        (bad / "meta.json").unlink()
+    out = tmp_path / "out"
+    one_line(*run(capsys, "train", *TINY, "--set", f"data.store={bad}", "--out", out), str(bad))
+    assert not out.exists()
+
+
+def test_train_into_a_folder_holding_another_configs_training(store, checkpoint, tmp_path, capsys):
+    before = tree(checkpoint.parent)
+    code, err = run(capsys, "train", *TINY, "--set", f"data.store={store}", "--set", "train.lr=0.002",
+                    "--out", checkpoint.parent)
+    one_line(code, err, str(checkpoint.parent), "another config")
+    assert tree(checkpoint.parent) == before
+
+
+def test_train_out_is_a_file(store, tmp_path, capsys):
+    out = tmp_path / "file"
+    out.write_text("mine")
+    one_line(*run(capsys, "train", *TINY, "--set", f"data.store={store}", "--out", out), str(out))
+    assert out.read_text() == "mine"
+
+
+@pytest.mark.parametrize("field,value", [("res_w", "wide"), ("res_w", 0), ("res_h", -5), ("res_w", 10.5),
+                                         ("focal_length", "f"), ("focal_length", [0, 1145])])
+def test_prepare_camera_json_with_bad_values(tmp_path, capsys, field, value):
+    root = mocap_root(tmp_path)
+    path = root / "cameras_cmu_mocap17.json"
+    doc = json.loads(path.read_text())
+    doc["intrinsics"][1][field] = value
+    path.write_text(json.dumps(doc))
+    out = tmp_path / "store"
+    one_line(*prepare_mocap(capsys, root, out), str(path), field)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["ablate --suite", "tune --search", "report --suite"])
+@pytest.mark.parametrize("kind", ["directory", "binary"])
+def test_suite_and_search_files(tmp_path, capsys, command, kind):
+    path = tmp_path / "x.toml"
+    if kind == "directory":
+        path.mkdir()
+    else:
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    verb, flag = command.split()
+    results = tmp_path / "results"
+    one_line(*run(capsys, verb, flag, path, "--results", results), str(path))
+    assert not results.exists()
+
+
+# ---- 5. accepted, then broken later -----------------------------------------------------------------------
+
+def test_prepare_meta_json_puts_a_subject_in_two_splits(tmp_path, capsys):
+    root = mocap_root(tmp_path, splits={"train": ["cmu01", "cmu08", "cmu02"], "test": ["cmu02"]})
+    out = tmp_path / "store"
+    one_line(*prepare_mocap(capsys, root, out), "meta_cmu_mocap17.json", "cmu02", "two splits")
+    assert not out.exists()
+
+
+def test_prepare_a_subject_in_no_split(tmp_path, capsys):
+    root = mocap_root(tmp_path, splits={"train": ["cmu01", "cmu08"], "test": []})
+    out = tmp_path / "store"
+    one_line(*prepare_mocap(capsys, root, out), "meta_cmu_mocap17.json", "cmu02", "no split")
+    assert not out.exists()
+
+
+def test_prepare_a_subject_without_actions(h36m_root, tmp_path, capsys):
+    root = copy_root(h36m_root, tmp_path / "root")
+    stored = np.load(root / "data_3d_h36m.npz", allow_pickle=True)["positions_3d"].item()  # our own test file
+    stored["S8"] = {}
+    save_npz(root / "data_3d_h36m.npz", positions_3d=stored)
+    one_line(*run(capsys, "prepare", "--dataset", "h36m", "--root", root, "--out", tmp_path / "s"),
+             "data_3d_h36m.npz", "S8", "no actions")
+
+
+def test_prepare_an_empty_3d_file_names_the_file(h36m_root, tmp_path, capsys):
+    root = copy_root(h36m_root, tmp_path / "root")
+    save_npz(root / "data_3d_h36m.npz", positions_3d={})
+    out = tmp_path / "s"
+    one_line(*run(capsys, "prepare", "--dataset", "h36m", "--root", root, "--out", out), "data_3d_h36m.npz",
+             "no subjects")
+    assert not out.exists()
+
+
+def test_synthesised_path_errors_name_the_users_file(tmp_path, capsys):
+    root = mocap_root(tmp_path)
+    gt = root / "data_2d_cmu_mocap17_gt.npz"
+    positions = np.load(gt, allow_pickle=True)["positions_2d"].item()  # our own test file
+    positions["cmu08"]["Walking 08_01"] = [a[:-3] for a in positions["cmu08"]["Walking 08_01"]]
+    save_npz(gt, positions_2d=positions)
+    out = tmp_path / "store"
+    one_line(*prepare_mocap(capsys, root, out), str(gt), "fewer than")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text,key", [
+    ("max_failures = -1", "suite.max_failures"),
+])
+def test_suite_values_that_would_break_later(fake_store, tmp_path, capsys, text, key):
+    path = tmp_path / "s.toml"
+    path.write_text(f'[suite]\nname = "s"\nvariants = ["full"]\n{text}\n\n[datasets.d]\nstore = "{fake_store}"\n')
+    results = tmp_path / "results"
+    one_line(*run(capsys, "ablate", "--suite", path, "--results", results), str(path), key)
+    assert not results.exists()
+
+
+def test_search_max_failures_below_zero(fake_store, tmp_path, capsys):
+    path = tmp_path / "s.toml"
+    path.write_text(f'[search]\nname = "s"\ndataset = "d"\nvariant = "full"\nmax_failures = -1\n\n'
+                    f'[datasets.d]\nstore = "{fake_store}"\n\n[space]\n'
+                    f'"train.lr" = {{ type = "logfloat", low = 1e-4, high = 1e-2 }}\n')
+    results = tmp_path / "results"
+    one_line(*run(capsys, "tune", "--search", path, "--results", results), str(path), "search.max_failures")
+    assert not results.exists()
+
+
+def test_train_out_unwritable(store, capsys):
+    one_line(*run(capsys, "train", *TINY, "--set", f"data.store={store}", "--out", "/sys/diffpose-run"),
+             "/sys/diffpose-run")
+
+
+def test_bench_out_is_a_directory(store, tmp_path, capsys):
+    one_line(*run(capsys, "bench", "--store", store, "--out", tmp_path), str(tmp_path), "directory")
+
+
+def test_report_of_results_where_nothing_ran(tmp_path, capsys):
+    results = tmp_path / "results"
+    one_line(*run(capsys, "report", "--experiment", "demo", "--results", results), "mlflow.db")
+    assert not results.exists()
+
+
+def test_report_of_an_experiment_that_never_ran(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    results = tmp_path / "results"
+    results.mkdir()
+    uri = f"sqlite:///{results / 'mlflow.db'}"
+    MlflowClient(uri).create_experiment("other")
+    before = sorted(p.name for p in results.iterdir())
+    capsys.readouterr()  # MLflow's own messages on creating the database
+    one_line(*run(capsys, "report", "--experiment", "demo", "--results", results), "'demo'")
+    assert sorted(p.name for p in results.iterdir()) == before
+
+
+def test_ablate_overrides_not_toml(fake_store, tmp_path, capsys):
+    suite = tmp_path / "s.toml"
+    suite.write_text(f'[suite]\nname = "s"\nvariants = ["full"]\n\n[datasets.d]\nstore = "{fake_store}"\n')
+    over = tmp_path / "best.toml"
+    over.write_bytes(b"\x00\x01binary")
+    results = tmp_path / "results"
+    one_line(*run(capsys, "ablate", "--suite", suite, "--overrides", over, "--results", results), str(over))
+    assert not results.exists()
