@@ -12,6 +12,8 @@ encoder cache live there. Tune's own state goes to ``storage`` (a path or ``s3:/
 
 from __future__ import annotations
 
+import atexit
+import json
 import logging
 import math
 import os
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
@@ -91,14 +94,61 @@ def _resources(suite: Suite) -> tuple[dict[str, float], int]:
     return res, max(slots, 1)
 
 
-def _init_ray(address: str | None) -> None:
+LOCAL_RAY = "local-ray"  # in the results folder: one record per driver of the local Ray processes it started
+
+
+def init_ray(address: str | None, results: Path) -> None:
+    """Connect to ``address`` (or ``RAY_ADDRESS``), else start a local Ray. A local start first stops what
+    killed drivers of the same results folder left running (found by the PIDs and start times they recorded),
+    then records its own Ray's processes, for a run after it to do the same if it is killed."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True)
+        return
+    records = results / LOCAL_RAY
+    for record in sorted(records.glob("*.json")):
+        stop_leftover_ray(record)
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True)
+    me = psutil.Process()
+    started = [{"pid": p.pid, "started": p.create_time()} for p in me.children(recursive=True)]
+    records.mkdir(parents=True, exist_ok=True)
+    mine = records / f"{me.pid}.json"
+    mine.write_text(json.dumps({"driver": {"pid": me.pid, "started": me.create_time()}, "ray": started}))
+    atexit.register(mine.unlink, missing_ok=True)  # a driver that exits shuts its Ray down itself
+
+
+def _alive(entry: dict[str, float]) -> psutil.Process | None:
+    """The process ``entry`` recorded, if it still runs (the same PID with the same start time)."""
+    try:
+        proc = psutil.Process(int(entry["pid"]))
+        return proc if abs(proc.create_time() - float(entry["started"])) < 1e-3 and proc.is_running() else None
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        return None
+
+
+def stop_leftover_ray(record: Path, grace: float = 5.0) -> int:
+    """Stop the local Ray processes a dead driver recorded in ``record``; a live driver's are left alone.
+    Returns how many were stopped."""
+    try:
+        state = json.loads(record.read_text())
+        driver, processes = state["driver"], state["ray"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    if _alive(driver) is not None:
+        return 0  # another driver on these results, still running
+    left = [p for p in (_alive(e) for e in processes) if p is not None]
+    for proc in left:
+        proc.terminate()
+    _, still = psutil.wait_procs(left, timeout=grace)
+    for proc in still:
+        proc.kill()
+    record.unlink(missing_ok=True)
+    if left:
+        log.info("stopped %d Ray processes that a killed driver left running (PIDs %s)", len(left),
+                 ", ".join(str(p.pid) for p in left))
+    return len(left)
 
 
 def _run_stage(name: str, trials: list[Trial], ctx: dict[str, Any], suite: Suite, res: dict[str, float],
@@ -176,7 +226,7 @@ def run_suite(
     log.info("suite %s: %d trials (%d already finished), %d context encoders to train", suite.name,
              len(trials), skipped, len(todo_encoders))
 
-    _init_ray(address)
+    init_ray(address, results)
     res, slots = _resources(suite)
     storage = storage or str(results / "ray")
     failed: list[str] = []

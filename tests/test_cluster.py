@@ -68,6 +68,38 @@ def _live(match: Callable[[int, str], bool]) -> list[int]:
     return [pid for pid, pgid, state, cmd in _processes() if state not in ("Z", "X") and match(pgid, cmd)]
 
 
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """(PID, start time) of every live descendant of ``pid``."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(entry))
+    out, todo = [], list(children.get(pid, []))
+    while todo:
+        p = todo.pop()
+        out.append((p, _start_time(p)))
+        todo += children.get(p, [])
+    return [(p, t) for p, t in out if t]
+
+
+def _start_time(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat[stat.rindex(")") + 2:].split()
+    return fields[19] if fields[0] not in ("Z", "X") else ""  # starttime, in clock ticks since boot
+
+
+def _same_process(entry: tuple[int, str]) -> bool:
+    """Whether the process recorded as (PID, start time) still runs (not a later one reusing the PID)."""
+    return _start_time(entry[0]) == entry[1]
+
+
 def _kill(pids: list[int]) -> None:
     for pid in pids:
         try:
@@ -100,6 +132,10 @@ class Group:
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def close(self) -> None:
+        """Close the log of a command that ended (its group may outlive it)."""
+        self._out.close()
 
 
 def _stop(groups: list[Group], grace: float = 3.0) -> None:
@@ -450,6 +486,7 @@ def test_killed_driver_then_rerun_skips_finished_trials_and_runs_the_rest(loopba
     def ray_left() -> list[int]:
         return _live(lambda _pgid, cmd: str(ray_tmp) in cmd)
 
+    started: list[tuple[int, str]] = []
     try:
         first = _ablate(suite_file, results, env, tmp_path / "first.log")
         try:
@@ -464,19 +501,28 @@ def test_killed_driver_then_rerun_skips_finished_trials_and_runs_the_rest(loopba
                 return bool(_trial_runs(client, "resume", "FINISHED"))
 
             _wait(one_finished, 300, "a FINISHED trial", first)
-            first.signal(signal.SIGKILL)  # the driver and the local Ray it started
-            _wait(lambda: not first.members(), 30, "the driver's process group to die")
-            _kill(ray_left())  # Ray processes outside the group, if any
-            _wait(lambda: not ray_left(), 30, "the local Ray to be gone")
-        finally:
+            started = _descendants(first.proc.pid)  # the local Ray the driver started
+            assert started, "the driver started no Ray processes"
+            os.kill(first.proc.pid, signal.SIGKILL)  # the driver alone, as a user's kill -9 would
+            first.proc.wait(30)
+        except BaseException:
             first.stop()
+            raise
+        first.close()
         done_first = {r.data.tags["trial.id"]: r for r in _trial_runs(client, "resume", "FINISHED")}
         assert len(done_first) == 1, f"{len(done_first)} of 2 trials finished before the kill"
 
-        out = _finish(_ablate(suite_file, results, env, tmp_path / "second.log"))
+        second = _ablate(suite_file, results, env, tmp_path / "second.log")
+        # Once the rerun's own Ray is up, nothing of the killed driver's may run any more.
+        _wait(lambda: "cluster: " in second.text() or second.proc.poll() is not None, 240, "the rerun's Ray",
+              second)
+        survivors = [p for p, t in started if _same_process((p, t))]
+        out = _finish(second)
     finally:
-        _kill(ray_left())
+        leftover = [p for p, t in started if _same_process((p, t))]
+        _kill(ray_left() + leftover)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert not survivors, f"the killed driver's Ray processes {survivors} still ran when the rerun started"
     assert "1 trials done, 1 already finished, 0 failed, of 2" in out
     runs = _check_suite_in_mlflow(client, suite_file)
     for tid, before in done_first.items():

@@ -1,0 +1,78 @@
+"""What a killed driver's local Ray leaves behind is stopped by the next run: by the PIDs and start times it
+recorded, never by name, and never while that driver still runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import psutil
+
+from benchmark.runner import stop_leftover_ray
+
+
+def _sleeper() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+
+
+def _entry(proc: subprocess.Popen) -> dict[str, float]:
+    return {"pid": proc.pid, "started": psutil.Process(proc.pid).create_time()}
+
+
+def _record(tmp_path, driver: dict, ray: list[dict]):
+    path = tmp_path / "1234.json"
+    path.write_text(json.dumps({"driver": driver, "ray": ray}))
+    return path
+
+
+def test_the_processes_of_a_dead_driver_are_stopped_and_its_record_removed(tmp_path):
+    driver, child, other = _sleeper(), _sleeper(), _sleeper()
+    try:
+        record = _record(tmp_path, _entry(driver), [_entry(child)])
+        driver.kill()
+        driver.wait()
+        assert stop_leftover_ray(record, grace=5.0) == 1
+        assert child.wait(10) is not None
+        assert other.poll() is None, "a process the record does not name was stopped"
+        assert not record.exists()
+    finally:
+        for p in (driver, child, other):
+            p.kill()
+            p.wait()
+
+
+def test_a_live_drivers_processes_are_left_alone(tmp_path):
+    driver, child = _sleeper(), _sleeper()
+    try:
+        record = _record(tmp_path, _entry(driver), [_entry(child)])
+        assert stop_leftover_ray(record) == 0
+        time.sleep(0.2)
+        assert child.poll() is None and record.exists()
+    finally:
+        for p in (driver, child):
+            p.kill()
+            p.wait()
+
+
+def test_a_reused_pid_is_not_the_recorded_process(tmp_path):
+    driver, child = _sleeper(), _sleeper()
+    try:
+        entry = _entry(child)
+        entry["started"] -= 100.0  # a process of this PID that started earlier: not this one
+        record = _record(tmp_path, _entry(driver), [entry])
+        driver.kill()
+        driver.wait()
+        assert stop_leftover_ray(record) == 0
+        assert child.poll() is None
+    finally:
+        for p in (driver, child):
+            p.kill()
+            p.wait()
+
+
+def test_an_unreadable_record_stops_nothing(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text("{not json")
+    assert stop_leftover_ray(path) == 0
