@@ -51,8 +51,6 @@ class Data:
     test_subjects: tuple[str, ...] = ()   # () = the store's test split
     frames: int = 1                       # window length T; 1 = frame-based (VideoPose3D: 27, 81 or 243)
     kernels: int = 0                      # 2D GMM kernels kept, heaviest first; 0 = all in the store
-    draw_kernels: bool = True             # training 2D input: a GMM kernel drawn per joint from pi
-    flip_augment: bool = True             # random left/right mirroring in training
     flip_test: bool = False               # average with the mirrored prediction at evaluation
     train_stride: int = 1                 # every n-th training frame
     eval_stride: int = 1                  # every n-th validation/test frame
@@ -65,7 +63,8 @@ class Data:
 
 @dataclass(frozen=True)
 class Model:
-    """The lifter being trained. Unset architecture keys take the lifter's published defaults."""
+    """The lifter being trained. Unset keys take the lifter's published defaults (``LIFTER_DEFAULTS``); the
+    dataclass defaults are DiffPose's."""
 
     lifter: str = "diffpose"              # a key of diffpose.lifters.LIFTERS
     hidden: int = 96
@@ -76,16 +75,28 @@ class Model:
 
 @dataclass(frozen=True)
 class Encoder:
-    """DiffPose's context encoder: trained first as a lifter (cached by its config hash), then frozen.
-    Unset architecture keys take the encoder lifter's published defaults, as for the model."""
+    """DiffPose's context encoder: a lifter trained first by its own published recipe, then frozen. Its
+    architecture and the recipe keys of its training (``ENCODER_TRAIN_KEYS``, named as in [train]); every other
+    training setting (seed, device, steps per epoch, validation) is the run's. Unset keys take the encoder
+    lifter's defaults; the dataclass defaults are GraFormer's."""
 
     lifter: str = "graformer"
     hidden: int = 96
     blocks: int = 5
     heads: int = 4
     dropout: float = 0.25
-    epochs: int = 0                       # 0 = train.epochs
-    lr: float = 0.0                       # 0 = train.lr
+    epochs: int = 100
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_schedule: str = "steps"
+    lr_gamma: float = 0.9
+    lr_step: int = 50_000
+    grad_clip: float = 1.0
+    bn_momentum_end: float = 0.0
+    flip_augment: bool = False
+    draw_kernels: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,29 +112,52 @@ class Diffusion:
     beta_start: float = 1e-4              # linear schedule only
     beta_end: float = 0.02                # linear schedule only
     steps: int = 5                        # K: DDIM steps (denoiser calls) at inference
-    hypotheses: int = 1                   # N
     eta: float = 0.0                      # DDIM eta: 0 deterministic, 1 DDPM-like
     # What the denoiser predicts: "x0" (default: well conditioned when abar_T ~ 0, where recovering x0 from a
     # predicted eps divides by sqrt(abar_T) ~ 5e-5 on the cosine schedule), "eps" (whitened noise) or
     # "noise" (sigma * eps, the released code's target).
     predict: str = "x0"
-    aggregate: str = "mean"               # "mean" | "median" over hypotheses (J-Agg)
     t_start: int = -1                     # step the reverse process starts at; -1 = train_steps - 1
     depth_kernels: int = 1                # kernels of the per-joint depth prior
 
 
 @dataclass(frozen=True)
+class Sample:
+    """The N hypotheses of a prediction and how they are made and aggregated (evaluation only)."""
+
+    # "model": the lifter's own (DiffPose samples its reverse diffusion; a baseline gives one pose).
+    # "mc_dropout": a baseline run N times with dropout on (Gal and Ghahramani 2016). "residual": a baseline's
+    # pose plus Gaussian noise of the per-joint residual covariance measured on the validation subjects.
+    method: str = "model"
+    hypotheses: int = 1                   # N
+    aggregate: str = "mean"               # "mean" | "median" over hypotheses (J-Agg)
+
+
+@dataclass(frozen=True)
 class Train:
-    epochs: int = 20
-    batch_size: int = 1024
-    optimizer: str = "adam"               # "adam" | "adamw"
+    """How a lifter is trained. The recipe keys (``ENCODER_TRAIN_KEYS``) take the lifter's published values
+    when unset (``LIFTER_DEFAULTS``); the dataclass defaults are DiffPose's released recipe."""
+
+    epochs: int = 80                      # at most: training stops when it converges (stop_at_convergence)
+    batch_size: int = 1024                # samples (windows, for temporal lifters) per optimiser step
+    optimizer: str = "adam"               # "adam" | "adamw" | "amsgrad" (Adam with AMSGrad)
     lr: float = 1e-3
     weight_decay: float = 0.0
-    lr_schedule: str = "exp"              # "exp": lr * gamma^epoch | "step": x gamma every lr_step epochs | "cosine"
-    lr_gamma: float = 0.95
-    lr_step: int = 1
+    # "exp": lr * gamma^epoch | "step": x gamma every lr_step epochs | "steps": x gamma every lr_step optimiser
+    # steps (staircase) | "cosine": to 0 at train.epochs
+    lr_schedule: str = "step"
+    lr_gamma: float = 0.9
+    lr_step: int = 60
     grad_clip: float = 1.0                # max gradient norm; 0 = off
+    # Batch-norm momentum decayed exponentially per epoch from PyTorch's 0.1 to this at train.epochs
+    # (VideoPose3D: 0.001); 0 = the layers' own momentum, unchanged.
+    bn_momentum_end: float = 0.0
+    flip_augment: bool = False            # random left/right mirroring of training samples
+    draw_kernels: bool = True             # training 2D input: a GMM kernel's mean drawn per joint from pi
     ema: float = 0.0                      # EMA decay of the weights, used at evaluation; 0 = off
+    # Stop once the validation curve has converged by the project's rule (diffpose.train.converged): the best
+    # of the last quarter of the epochs improves on the best before it by less than 1%, after 8 epochs or more.
+    stop_at_convergence: bool = True
     seed: int = 0
     device: str = "auto"                  # "auto" | "cpu" | "cuda" | "cuda:1" | "mps"
     amp: bool = True                      # mixed precision on GPU (ignored on the CPU)
@@ -140,27 +174,24 @@ class Config:
     model: Model = field(default_factory=Model)
     encoder: Encoder = field(default_factory=Encoder)
     diffusion: Diffusion = field(default_factory=Diffusion)
+    sample: Sample = field(default_factory=Sample)
     train: Train = field(default_factory=Train)
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> Config:
-        """Build from nested ``{"train": {"lr": 1e-3}}`` and/or dotted ``{"train.lr": 1e-3}`` keys."""
+        """Build from nested ``{"train": {"lr": 1e-3}}`` and/or dotted ``{"train.lr": 1e-3}`` keys. Keys not
+        given take the published defaults of the lifter (``LIFTER_DEFAULTS``) and of the encoder's lifter."""
         nested = _nest(d, source)
         lifter = nested.get("model", {}).get("lifter", Model.lifter)
-        model_defaults = dict(LIFTER_MODEL_DEFAULTS.get(lifter, {}))
         encoder_lifter = nested.get("encoder", {}).get("lifter", Encoder.lifter)
-        encoder_defaults = dict(LIFTER_MODEL_DEFAULTS.get(encoder_lifter, {}))
+        defaults = _nest({**LIFTER_DEFAULTS.get(lifter, {}), **encoder_defaults(encoder_lifter)}, "defaults")
         sections = {}
         for f in dataclasses.fields(cls):
             given = nested.pop(f.name, {})
             if not isinstance(given, dict):
                 raise ConfigError(f"{source}: [{f.name}] must be a table, got {type(given).__name__}")
-            if f.name == "model":
-                given = {**model_defaults, **given}
-            elif f.name == "encoder":
-                given = {**encoder_defaults, **given}
-            sections[f.name] = _build(_SECTIONS[f.name], given, f.name, source)
+            sections[f.name] = _build(_SECTIONS[f.name], {**defaults.get(f.name, {}), **given}, f.name, source)
         if nested:
             raise ConfigError(f"{source}: unknown section {sorted(nested)[0]!r} "
                               f"(known: {', '.join(_SECTIONS)})")
@@ -174,15 +205,16 @@ class Config:
 
     def override(self, changes: dict[str, Any], source: str = "override") -> Config:
         """A new Config with dotted-key ``changes`` applied. Changing ``model.lifter`` (``encoder.lifter``)
-        resets the model's (encoder's) architecture to that lifter's defaults, except keys given in
-        ``changes`` too."""
-        base = self.to_dict()
+        resets what has per-lifter defaults (architecture and training recipe; the encoder's section) to the
+        new lifter's, except keys given in ``changes`` too."""
+        merged = _flatten_dict(self.to_dict())
         flat_changes = _flatten_dict(_nest(changes, source))
-        if "model.lifter" in flat_changes and flat_changes["model.lifter"] != self.model.lifter:
-            base["model"] = {"lifter": flat_changes["model.lifter"]}
-        if "encoder.lifter" in flat_changes and flat_changes["encoder.lifter"] != self.encoder.lifter:
-            base["encoder"] = {k: v for k, v in base["encoder"].items() if k not in _ARCHITECTURE}
-        merged = _flatten_dict(base)
+        new_lifter = flat_changes.get("model.lifter", self.model.lifter)
+        if new_lifter != self.model.lifter:
+            reset = set(LIFTER_DEFAULTS.get(self.model.lifter, {})) | set(LIFTER_DEFAULTS.get(new_lifter, {}))
+            merged = {k: v for k, v in merged.items() if k not in reset}
+        if flat_changes.get("encoder.lifter", self.encoder.lifter) != self.encoder.lifter:
+            merged = {k: v for k, v in merged.items() if not k.startswith("encoder.")}
         merged.update(flat_changes)
         return Config.from_dict(merged, source=source)
 
@@ -215,21 +247,42 @@ class Config:
             lines.append("")
         return "\n".join(lines)
 
+    def identity(self, fingerprint: str) -> str:
+        """What a training computes, wherever it runs: ``<lifter>-<hash>`` of the config without its machine
+        keys (``MACHINE_KEYS``: the store's path, the device, threads) and the sections the lifter does not use,
+        with the store's content fingerprint. Two trainings of one identity are one training (a baseline and
+        an encoder included)."""
+        unused = () if self.uses_encoder else ("encoder.",)
+        unused += () if self.model.lifter == "diffpose" else ("diffusion.",)
+        flat = {k: v for k, v in self.flatten().items() if k not in MACHINE_KEYS and not k.startswith(unused)}
+        blob = json.dumps({"config": flat, "store": fingerprint}, sort_keys=True, separators=(",", ":"))
+        return f"{self.model.lifter}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+    @property
+    def uses_encoder(self) -> bool:
+        """Whether this is a DiffPose with a context encoder (conditioning, or the refiner's start)."""
+        return self.model.lifter == "diffpose" and (self.diffusion.context or self.diffusion.mode == "refiner")
+
     def hash(self) -> str:
         """Stable short hash of the resolved config (identity of a trial or a cached encoder)."""
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def encoder_config(self) -> Config:
-        """The context encoder's own config: same data and seed, the encoder as the lifter, no diffusion.
-        A frame-based encoder is trained on single frames (data.frames = 1), a temporal one on windows of
-        data.frames."""
+        """The context encoder's own config: the run's data, seed and machine settings, the encoder as the
+        lifter with its own recipe (``ENCODER_TRAIN_KEYS``), nothing of DiffPose. A frame-based encoder is
+        trained on single frames (data.frames = 1), a temporal one on windows of data.frames; data.kernels is
+        DiffPose's (an M axis keeps one encoder). It equals the config of that lifter's baseline trained with
+        the same settings: one training serves both."""
         e = self.encoder
         frames = self.data.frames if e.lifter in TEMPORAL_LIFTERS else 1
-        return Config(
-            data=dataclasses.replace(self.data, frames=frames),
+        recipe = {k.removeprefix("train."): getattr(e, k.removeprefix("train.")) for k in ENCODER_TRAIN_KEYS}
+        base = Config.from_dict({"model.lifter": e.lifter})
+        return dataclasses.replace(
+            base,
+            data=dataclasses.replace(self.data, frames=frames, kernels=Data.kernels),
             model=Model(lifter=e.lifter, hidden=e.hidden, blocks=e.blocks, heads=e.heads, dropout=e.dropout),
-            train=dataclasses.replace(self.train, epochs=e.epochs or self.train.epochs, lr=e.lr or self.train.lr),
+            train=dataclasses.replace(self.train, **recipe),
         )
 
     def validate(self, source: str = "<config>") -> None:
@@ -247,10 +300,11 @@ class Config:
             need(d.frames in VIDEOPOSE3D_FRAMES, "data.frames",
                  f"must be a receptive field of VideoPose3D ({', '.join(map(str, VIDEOPOSE3D_FRAMES))}) for "
                  f"model.lifter 'videopose3d', got {d.frames}")
-        need(m.lifter in LIFTER_MODEL_DEFAULTS, "model.lifter",
-             f"unknown lifter {m.lifter!r} (known: {', '.join(sorted(LIFTER_MODEL_DEFAULTS))})")
-        need(self.encoder.lifter in LIFTER_MODEL_DEFAULTS and self.encoder.lifter != "diffpose",
-             "encoder.lifter", f"must be a baseline lifter, got {self.encoder.lifter!r}")
+        need(m.lifter in LIFTER_DEFAULTS, "model.lifter",
+             f"unknown lifter {m.lifter!r} (known: {', '.join(sorted(LIFTER_DEFAULTS))})")
+        need(self.encoder.lifter in ENCODER_LIFTERS, "encoder.lifter",
+             f"must be a lifter with per-joint features ({', '.join(ENCODER_LIFTERS)}), got "
+             f"{self.encoder.lifter!r}")
         need(m.hidden > 0 and m.blocks > 0 and m.heads > 0, "model.hidden/blocks/heads", "must be > 0")
         need(m.hidden % m.heads == 0, "model.hidden", f"{m.hidden} must be divisible by model.heads {m.heads}")
         e = self.encoder
@@ -265,36 +319,131 @@ class Config:
              f"K={df.steps} must be in [1, diffusion.train_steps={df.train_steps}]")
         need(df.t_start == -1 or 0 <= df.t_start < df.train_steps, "diffusion.t_start",
              f"must be -1 or in [0, {df.train_steps - 1}]")
-        need(df.hypotheses >= 1, "diffusion.hypotheses", "must be >= 1")
         need(df.predict in ("eps", "noise", "x0"), "diffusion.predict", "must be 'eps', 'noise' or 'x0'")
-        need(df.aggregate in ("mean", "median"), "diffusion.aggregate", "must be 'mean' or 'median'")
         need(df.depth_kernels >= 1, "diffusion.depth_kernels", "must be >= 1")
         need(0.0 <= df.eta <= 1.0, "diffusion.eta", "must be in [0, 1]")
-        need(t.epochs >= 1 and t.batch_size >= 1, "train.epochs/batch_size", "must be >= 1")
-        need(t.optimizer in ("adam", "adamw"), "train.optimizer", f"unknown optimizer {t.optimizer!r}")
-        need(t.lr_schedule in ("exp", "step", "cosine"), "train.lr_schedule", f"unknown {t.lr_schedule!r}")
-        need(t.lr > 0, "train.lr", "must be > 0")
+        sm = self.sample
+        need(sm.method in ("model", "mc_dropout", "residual"), "sample.method",
+             f"must be 'model', 'mc_dropout' or 'residual', got {sm.method!r}")
+        need(sm.method == "model" or m.lifter not in ("diffpose", "mean_pose"), "sample.method",
+             f"{sm.method!r} samples a deterministic baseline; {m.lifter} needs 'model'")
+        need(sm.method == "mc_dropout" or m.lifter == "diffpose" or sm.method == "residual" or sm.hypotheses == 1,
+             "sample.hypotheses", f"{sm.hypotheses} hypotheses of the deterministic {m.lifter} would all be the "
+                                  "same; set sample.method = 'mc_dropout' or 'residual'")
+        need(sm.method != "mc_dropout" or m.dropout > 0, "sample.method", "'mc_dropout' needs model.dropout > 0")
+        need(sm.hypotheses >= 1, "sample.hypotheses", "must be >= 1")
+        need(sm.aggregate in ("mean", "median"), "sample.aggregate", "must be 'mean' or 'median'")
+        e = self.encoder
+        for key, value in (("train", t), ("encoder", e)):
+            need(value.epochs >= 1 and value.batch_size >= 1, f"{key}.epochs/batch_size", "must be >= 1")
+            need(value.optimizer in OPTIMIZERS, f"{key}.optimizer",
+                 f"unknown optimizer {value.optimizer!r} (known: {', '.join(OPTIMIZERS)})")
+            need(value.lr_schedule in LR_SCHEDULES, f"{key}.lr_schedule",
+                 f"unknown {value.lr_schedule!r} (known: {', '.join(LR_SCHEDULES)})")
+            need(value.lr > 0, f"{key}.lr", "must be > 0")
+            need(value.weight_decay >= 0 and value.grad_clip >= 0 and value.lr_gamma > 0 and value.lr_step >= 1,
+                 f"{key}.weight_decay/grad_clip/lr_gamma/lr_step", "must be >= 0 (lr_gamma > 0, lr_step >= 1)")
+            need(0.0 <= value.bn_momentum_end <= 1.0, f"{key}.bn_momentum_end", "must be in [0, 1]")
         need(0.0 <= t.ema < 1.0, "train.ema", "must be in [0, 1)")
         need(t.metric in ("val_p1", "val_p2"), "train.metric", "must be 'val_p1' or 'val_p2'")
         need(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", t.device) is not None, "train.device",
              f"must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {t.device!r}")
         need(t.threads >= 0 and t.steps_per_epoch >= 0 and t.val_max_frames >= 0 and t.eval_batch_size >= 1,
              "train.threads/steps_per_epoch/val_max_frames/eval_batch_size", "must be >= 0 (eval_batch_size >= 1)")
-        need(t.weight_decay >= 0 and t.grad_clip >= 0 and t.lr_gamma > 0 and t.lr_step >= 1,
-             "train.weight_decay/grad_clip/lr_gamma/lr_step", "must be >= 0 (lr_gamma > 0, lr_step >= 1)")
 
 
-# Published architecture defaults per lifter (model and encoder sections); every key of the registry has one.
-LIFTER_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "diffpose": {"hidden": 96, "blocks": 5, "heads": 4, "dropout": 0.25},        # released gcndiff
-    "graformer": {"hidden": 96, "blocks": 5, "heads": 4, "dropout": 0.25},       # released gcnpose
-    "simple_baseline": {"hidden": 1024, "blocks": 2, "heads": 1, "dropout": 0.5},  # Martinez et al. 2017
-    "semgcn": {"hidden": 128, "blocks": 4, "heads": 1, "dropout": 0.0},          # Zhao et al. 2019
-    # Zhang et al. 2022 / DiffPose video: width 512, depth 8, 8 heads, no dropout (stochastic depth 0.1).
-    "mixste": {"hidden": 512, "blocks": 8, "heads": 8, "dropout": 0.0},
-    # Pavllo et al. 2019: 1024 channels, dropout 0.25. blocks is unused: the depth follows data.frames.
-    "videopose3d": {"hidden": 1024, "blocks": 1, "heads": 1, "dropout": 0.25},
+OPTIMIZERS = ("adam", "adamw", "amsgrad")
+LR_SCHEDULES = ("exp", "step", "steps", "cosine")
+
+# Each lifter's published architecture and training recipe: the defaults of every key it does not set. The
+# sources were read in the released training code at the commits named; where we depart, the line says why.
+# Across lifters the recipe differs in these [train] keys, which an [encoder] section repeats for its lifter:
+ENCODER_TRAIN_KEYS = ("train.epochs", "train.batch_size", "train.optimizer", "train.lr", "train.weight_decay",
+                      "train.lr_schedule", "train.lr_gamma", "train.lr_step", "train.grad_clip",
+                      "train.bn_momentum_end", "train.flip_augment", "train.draw_kernels")
+_FRAME_BASELINE = {"train.flip_augment": False, "train.draw_kernels": False, "train.bn_momentum_end": 0.0,
+                   "train.weight_decay": 0.0, "data.flip_test": False}  # their released code: no flips, detections
+LIFTER_DEFAULTS: dict[str, dict[str, Any]] = {
+    # GONGJIA0208/Diffpose @9a15bf8, main_diffpose_frame.py, configs/human36m_diffpose_uvxyz_cpn.yml, runners/
+    # diffpose_frame.py: gcndiff 96 wide, 5 blocks, 4 heads, dropout 0.25; Adam at 1e-3 (the command line's
+    # default --lr overwrites the yml's 2e-5), batch 1024, 80 epochs, lr x0.9 at epoch 60, gradient norm 1.
+    # It draws a GMM kernel per joint for the 2D input; EMA is tracked but not used, so off here.
+    "diffpose": {"model.hidden": 96, "model.blocks": 5, "model.heads": 4, "model.dropout": 0.25,
+                 "train.epochs": 80, "train.batch_size": 1024, "train.optimizer": "adam", "train.lr": 1e-3,
+                 "train.weight_decay": 0.0, "train.lr_schedule": "step", "train.lr_gamma": 0.9, "train.lr_step": 60,
+                 "train.grad_clip": 1.0, "train.bn_momentum_end": 0.0, "train.flip_augment": False,
+                 "train.draw_kernels": True, "data.flip_test": False},
+    # Graformer/GraFormer @af2152e, main_GraFormer.py: 96 wide, 5 layers, 4 heads, dropout 0.25; MSE in metres,
+    # Adam 1e-3, batch 64, 100 epochs, lr x0.9 every 50k steps (staircase); gradient norm 1 (what the script
+    # means: its max_norm argument is referenced but never defined, so as shipped it stops there).
+    "graformer": {**_FRAME_BASELINE, "model.hidden": 96, "model.blocks": 5, "model.heads": 4,
+                  "model.dropout": 0.25, "train.epochs": 100, "train.batch_size": 64, "train.optimizer": "adam",
+                  "train.lr": 1e-3, "train.lr_schedule": "steps", "train.lr_gamma": 0.9, "train.lr_step": 50_000,
+                  "train.grad_clip": 1.0},
+    # una-dinosauria/3d-pose-baseline @666080d, src/predict_3dpose.py, src/linear_model.py, with the README's
+    # --residual --batch_norm --dropout 0.5 --max_norm: 1024 wide, 2 residual blocks, dropout 0.5; z-scored
+    # input and target, MSE on the z-scores (diffpose.lifters); Adam 1e-3, batch 64, 200 epochs, lr x0.96 per
+    # 100k steps (the official decay is continuous, the PyTorch ports' staircase: at most 4% apart); no
+    # gradient clipping: the weight max-norm constraint is in the model (diffpose.models.baselines).
+    "simple_baseline": {**_FRAME_BASELINE, "model.hidden": 1024, "model.blocks": 2, "model.heads": 1,
+                        "model.dropout": 0.5, "train.epochs": 200, "train.batch_size": 64,
+                        "train.optimizer": "adam", "train.lr": 1e-3, "train.lr_schedule": "steps",
+                        "train.lr_gamma": 0.96, "train.lr_step": 100_000, "train.grad_clip": 0.0},
+    # garyzhao/SemGCN @916aabd, main_gcn.py: 128 wide, 4 residual blocks, no dropout; MSE in metres, Adam 1e-3,
+    # batch 64, 50 epochs (the README's command), lr x0.96 per 100k steps (staircase), gradient norm 1.
+    "semgcn": {**_FRAME_BASELINE, "model.hidden": 128, "model.blocks": 4, "model.heads": 1, "model.dropout": 0.0,
+               "train.epochs": 50, "train.batch_size": 64, "train.optimizer": "adam", "train.lr": 1e-3,
+               "train.lr_schedule": "steps", "train.lr_gamma": 0.96, "train.lr_step": 100_000,
+               "train.grad_clip": 1.0},
+    # JinluZhang1126/MixSTE @72a36be, run.py, common/arguments.py: 512 wide, depth 8, 8 heads, no dropout
+    # (stochastic depth 0.1); weighted MPJPE + 0.5 temporal consistency + 2 MPJVE in metres (diffpose.lifters);
+    # AdamW 4e-5, weight decay 0.1, lr x0.99 per epoch, 120 epochs, 1024 frames per batch (4 windows of 243:
+    # set batch_size to 1024 // data.frames for other windows), no clipping; flips in training and test.
+    "mixste": {"model.hidden": 512, "model.blocks": 8, "model.heads": 8, "model.dropout": 0.0,
+               "train.epochs": 120, "train.batch_size": 4, "train.optimizer": "adamw", "train.lr": 4e-5,
+               "train.weight_decay": 0.1, "train.lr_schedule": "exp", "train.lr_gamma": 0.99, "train.lr_step": 1,
+               "train.grad_clip": 0.0, "train.bn_momentum_end": 0.0, "train.flip_augment": True,
+               "train.draw_kernels": False, "data.flip_test": True},
+    # facebookresearch/VideoPose3D @1afb1ca, run.py, common/arguments.py: 1024 channels, dropout 0.25 (blocks is
+    # unused: the depth follows data.frames); MPJPE in metres, Adam with AMSGrad 1e-3, lr x0.95 per epoch,
+    # batch 1024, 80 epochs (the README's 243-frame command), no clipping; batch-norm momentum 0.1 -> 0.001
+    # over the epochs; flips in training and test.
+    "videopose3d": {"model.hidden": 1024, "model.blocks": 1, "model.heads": 1, "model.dropout": 0.25,
+                    "train.epochs": 80, "train.batch_size": 1024, "train.optimizer": "amsgrad", "train.lr": 1e-3,
+                    "train.weight_decay": 0.0, "train.lr_schedule": "exp", "train.lr_gamma": 0.95,
+                    "train.lr_step": 1, "train.grad_clip": 0.0, "train.bn_momentum_end": 0.001,
+                    "train.flip_augment": True, "train.draw_kernels": False, "data.flip_test": True},
+    # The reference a lifter must beat: the mean root-relative training pose, whatever the input. Nothing to
+    # train: one epoch computes the mean.
+    "mean_pose": {**_FRAME_BASELINE, "train.epochs": 1, "train.grad_clip": 0.0},
 }
+# Lifters whose per-joint features can condition DiffPose (its context encoder).
+ENCODER_LIFTERS: tuple[str, ...] = ("graformer", "mixste")
+
+
+def encoder_follows(changes: dict[str, Any]) -> dict[str, Any]:
+    """The [encoder] keys that follow ``changes``' recipe keys (``train.lr`` -> ``encoder.lr``) where the
+    changes do not set them: what a suite's or a search's [base] asks of every training, encoders included."""
+    flat = _flatten_dict(_nest(changes, "changes"))
+    follow = {f"encoder.{k.removeprefix('train.')}": flat[k] for k in ENCODER_TRAIN_KEYS if k in flat}
+    return {k: v for k, v in follow.items() if k not in flat}
+
+
+def merge(*changes: dict[str, Any], source: str = "changes") -> dict[str, Any]:
+    """Dotted-key changes merged in order (later ones win), nested tables and dotted keys alike."""
+    out: dict[str, Any] = {}
+    for c in changes:
+        out.update(_flatten_dict(_nest(c, source)))
+    return out
+
+
+def encoder_defaults(lifter: str) -> dict[str, Any]:
+    """The [encoder] keys a lifter's defaults give: its architecture and recipe, as ``encoder.<key>``."""
+    own = LIFTER_DEFAULTS.get(lifter, {})
+    return {f"encoder.{k.split('.', 1)[1]}": v for k, v in own.items()
+            if k in ENCODER_TRAIN_KEYS or k.startswith("model.")}
+
+
 # Lifters that read the whole window of data.frames (the others read its centre frame).
 TEMPORAL_LIFTERS: frozenset[str] = frozenset({"mixste", "videopose3d"})
 # VideoPose3D's released receptive fields (diffpose.models.temporal.FILTER_WIDTHS).
@@ -306,13 +455,14 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "full": ("full", "paper", {}),
     "no_gmm": ("gmm", "false", {"diffusion.gmm": False}),
     "no_context": ("context", "false", {"diffusion.context": False}),
+    # Sampling starts from N(0, I) instead of the 2D-uncertainty GMM; the training is full's.
     "no_heatmap_init": ("heatmap_init", "false", {"diffusion.heatmap_init": False}),
     # The released code: start from the encoder's pose at step 12 of 51 (linear betas 1e-4..1e-3), two DDIM
-    # calls, one hypothesis, training noise scaled by the 2D sigma only and predicted as such.
+    # calls, training noise scaled by the 2D sigma only and predicted as such.
     "refiner": ("mode", "refiner", {
         "diffusion.mode": "refiner", "diffusion.gmm": False, "diffusion.schedule": "linear",
         "diffusion.train_steps": 51, "diffusion.beta_start": 1e-4, "diffusion.beta_end": 1e-3,
-        "diffusion.steps": 2, "diffusion.t_start": 12, "diffusion.hypotheses": 1, "diffusion.predict": "noise",
+        "diffusion.steps": 2, "diffusion.t_start": 12, "diffusion.predict": "noise",
     }),
     "graformer": ("baseline", "graformer", {"model.lifter": "graformer"}),
     "semgcn": ("baseline", "semgcn", {"model.lifter": "semgcn"}),
@@ -320,26 +470,35 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     # Temporal baselines: they take data.frames from the base config (VideoPose3D: 27, 81 or 243).
     "videopose3d": ("baseline", "videopose3d", {"model.lifter": "videopose3d"}),
     "mixste": ("baseline", "mixste", {"model.lifter": "mixste"}),
+    "mean_pose": ("reference", "mean_pose", {"model.lifter": "mean_pose"}),
+    # Probabilistic baselines for the reliability of DiffPose's hypotheses: GraFormer's trained weights sampled
+    # with dropout on, or its pose plus Gaussian noise of its validation residuals (N: sample.hypotheses).
+    "mc_dropout": ("probabilistic", "mc_dropout", {"model.lifter": "graformer", "sample.method": "mc_dropout"}),
+    "gaussian_residual": ("probabilistic", "gaussian_residual",
+                          {"model.lifter": "graformer", "sample.method": "residual"}),
 }
+# Variants that only change how another variant's trained weights are evaluated: a suite evaluates those
+# weights (selected with that variant's own settings on the validation subjects) instead of training again.
+EVALUATES: dict[str, str] = {"no_heatmap_init": "full", "mc_dropout": "graformer", "gaussian_residual": "graformer"}
 
 # Axes whose values a suite lists ("steps = [1, 2, 5]"): each value is a variant of "full".
-AXES: dict[str, str] = {"steps": "diffusion.steps", "kernels": "data.kernels", "hypotheses": "diffusion.hypotheses"}
-# Axes that change only inference: their trials evaluate full's trained weights (selected with full's own
-# inference settings on the validation set), so each K or N is compared on the same model.
-INFERENCE_AXES: frozenset[str] = frozenset({"steps", "hypotheses"})
+AXES: dict[str, str] = {"steps": "diffusion.steps", "kernels": "data.kernels", "hypotheses": "sample.hypotheses"}
 
-
+# Where the run happens, never what it computes: left out of a training's identity (Config.portable).
+MACHINE_KEYS: frozenset[str] = frozenset({"data.store", "train.device", "train.threads", "train.eval_batch_size"})
 # Keys that change how trained weights are evaluated, never the weights: `diffpose-bench evaluate` may override
 # them on top of a checkpoint's own config (Config.for_evaluation); every other key is what the weights depend on.
-EVALUATION_KEYS: frozenset[str] = frozenset({
-    "data.store", "data.test_subjects", "data.val_subjects", "data.eval_stride", "data.eval_mode",
-    "data.flip_test", "diffusion.steps", "diffusion.hypotheses", "diffusion.eta", "diffusion.aggregate",
-    "diffusion.t_start", "diffusion.heatmap_init", "train.device", "train.amp", "train.threads",
-    "train.eval_batch_size",
-})
+EVALUATION_KEYS: frozenset[str] = MACHINE_KEYS | {
+    "data.test_subjects", "data.eval_stride", "data.eval_mode", "data.flip_test", "diffusion.steps",
+    "diffusion.eta", "diffusion.t_start", "diffusion.heatmap_init", "sample.method", "sample.hypotheses",
+    "sample.aggregate", "train.amp",
+}
+# Axes that change only inference: their trials evaluate full's trained weights (selected with full's own
+# inference settings on the validation set), so each K or N is compared on the same model.
+INFERENCE_AXES: frozenset[str] = frozenset(axis for axis, key in AXES.items() if key in EVALUATION_KEYS)
 
-_ARCHITECTURE = ("hidden", "blocks", "heads", "dropout")
-_SECTIONS = {"data": Data, "model": Model, "encoder": Encoder, "diffusion": Diffusion, "train": Train}
+_SECTIONS = {"data": Data, "model": Model, "encoder": Encoder, "diffusion": Diffusion, "sample": Sample,
+             "train": Train}
 
 
 def _nest(d: dict[str, Any], source: str) -> dict[str, Any]:

@@ -2,7 +2,15 @@ import tomllib
 
 import pytest
 
-from diffpose.config import LIFTER_MODEL_DEFAULTS, Config, ConfigError
+from diffpose.config import (
+    ENCODER_TRAIN_KEYS,
+    EVALUATES,
+    EVALUATION_KEYS,
+    LIFTER_DEFAULTS,
+    VARIANTS,
+    Config,
+    ConfigError,
+)
 
 
 def test_round_trip_through_toml_and_dict():
@@ -15,7 +23,7 @@ def test_round_trip_through_toml_and_dict():
 def test_override_returns_a_new_object_and_never_mutates():
     base = Config()
     new = base.override({"train.epochs": 3})
-    assert base.train.epochs == 20 and new.train.epochs == 3
+    assert base.train.epochs == 80 and new.train.epochs == 3
     with pytest.raises(AttributeError):
         new.train.epochs = 4  # frozen
 
@@ -29,10 +37,58 @@ def test_flatten_gives_dotted_keys_with_strings_for_lists():
 
 def test_changing_the_lifter_takes_its_published_defaults():
     cfg = Config().override({"model.lifter": "simple_baseline"})
-    assert cfg.model.hidden == LIFTER_MODEL_DEFAULTS["simple_baseline"]["hidden"] == 1024
+    assert cfg.model.hidden == LIFTER_DEFAULTS["simple_baseline"]["model.hidden"] == 1024
     assert cfg.model.dropout == 0.5
-    explicit = Config().override({"model.lifter": "semgcn", "model.hidden": 64})
-    assert explicit.model.hidden == 64 and explicit.model.blocks == 4
+    # Martinez et al.'s recipe: batch 64, lr x0.96 every 100k steps, 200 epochs, no gradient clipping.
+    t = cfg.train
+    assert (t.batch_size, t.lr_schedule, t.lr_gamma, t.lr_step, t.epochs, t.grad_clip) == (64, "steps", 0.96,
+                                                                                            100_000, 200, 0.0)
+    assert not t.draw_kernels and not t.flip_augment
+    explicit = Config().override({"model.lifter": "semgcn", "model.hidden": 64, "train.epochs": 3})
+    assert explicit.model.hidden == 64 and explicit.model.blocks == 4 and explicit.train.epochs == 3
+    back = cfg.override({"model.lifter": "diffpose"})
+    assert back == Config(), "switching back restores every per-lifter default"
+
+
+def test_the_dataclass_defaults_are_diffposes_and_the_encoders_graformers():
+    assert Config() == Config.from_dict({})
+    assert Config().encoder_config() == Config().override({"model.lifter": "graformer"})
+    for lifter, defaults in LIFTER_DEFAULTS.items():
+        cfg = Config().override({"model.lifter": lifter, "data.frames": 27})
+        flat = cfg.flatten()
+        assert {k: flat[k] for k in defaults} == defaults, lifter
+
+
+def test_a_run_and_its_encoder_train_by_their_own_recipes():
+    cfg = Config()
+    enc = cfg.encoder_config()
+    assert (cfg.train.batch_size, enc.train.batch_size) == (1024, 64)
+    assert (cfg.train.lr_schedule, enc.train.lr_schedule) == ("step", "steps")
+    shared = Config().override({"train.seed": 3, "train.steps_per_epoch": 7, "encoder.epochs": 9})
+    enc = shared.encoder_config()
+    assert (enc.train.seed, enc.train.steps_per_epoch, enc.train.epochs) == (3, 7, 9)
+    assert set(ENCODER_TRAIN_KEYS) <= set(cfg.flatten())
+
+
+def test_identity_leaves_out_the_machine_and_the_sections_a_lifter_does_not_use():
+    cfg = Config().override({"model.lifter": "graformer"})
+    same = cfg.override({"data.store": "/elsewhere", "train.device": "cpu", "train.threads": 3,
+                         "diffusion.steps": 9, "encoder.lr": 5e-4})
+    assert same.identity("abc") == cfg.identity("abc")
+    assert cfg.identity("abc") != cfg.identity("abd"), "the store's content is part of a training"
+    assert cfg.override({"train.lr": 5e-4}).identity("abc") != cfg.identity("abc")
+    full = Config()
+    assert full.override({"encoder.lr": 5e-4}).identity("a") != full.identity("a")
+    no_context = full.override({"diffusion.context": False})
+    assert no_context.override({"encoder.lr": 5e-4}).identity("a") == no_context.identity("a")
+
+
+def test_variants_that_evaluate_another_change_evaluation_keys_only():
+    for variant, parent in EVALUATES.items():
+        _, _, overrides = VARIANTS[variant]
+        _, _, parent_overrides = VARIANTS[parent]
+        changes = {k: v for k, v in overrides.items() if k not in EVALUATION_KEYS}
+        assert changes == parent_overrides, variant
 
 
 @pytest.mark.parametrize(
@@ -67,3 +123,16 @@ def test_encoder_config_is_a_baseline_with_the_same_data_and_seed():
     enc = cfg.encoder_config()
     assert enc.model.lifter == "graformer" and enc.train.epochs == 3 and enc.train.seed == 7
     assert enc.data == cfg.data
+
+
+@pytest.mark.parametrize(("changes", "needle"), [
+    ({"sample.method": "mc_dropout"}, "sample.method"),                      # DiffPose samples itself
+    ({"model.lifter": "graformer", "sample.hypotheses": 5}, "sample.hypotheses"),
+    ({"model.lifter": "semgcn", "sample.method": "mc_dropout"}, "model.dropout"),
+    ({"encoder.lifter": "simple_baseline"}, "encoder.lifter"),
+    ({"encoder.optimizer": "sgd"}, "encoder.optimizer"),
+    ({"train.lr_schedule": "linear"}, "train.lr_schedule"),
+])
+def test_sampling_and_recipe_values_are_checked(changes, needle):
+    with pytest.raises(ConfigError, match=needle):
+        Config().override(changes)
