@@ -6,26 +6,30 @@ pose for every frame of a window also have ``predict_frames`` (chunked evaluatio
 ``train.py`` serves all of them. Baselines are plain networks: frame-based ones (:class:`DirectLifter`) read
 the centre frame, temporal ones (:class:`SequenceLifter`) the whole window. :class:`DiffPose` adds the
 diffusion around a denoiser and a frozen context encoder that is itself a baseline lifter (GraFormer on the
-centre frame, or MixSTE on the window), trained first and cached by its config.
+centre frame, or MixSTE on the window), trained first (by the loop, ``diffpose.train.trained``) and handed in.
+
+Each lifter's loss and input/target normalisation follow its released training code; the sources are named at
+each. Building a lifter never trains anything: the loop fits its training-split statistics
+(:meth:`Lifter.fit_statistics`) and trains it.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from diffpose.config import Config
+from diffpose.data.skeleton import NUM_JOINTS
 from diffpose.data.store import Batch, PoseStore
 from diffpose.diffusion.gmm import DepthPrior, GaussianMixture, gmm_q_sample, initial_distribution, standard_normal
 from diffpose.diffusion.sampler import aggregate, sample
 from diffpose.diffusion.schedule import Schedule
+from diffpose.metrics import aggregate_hypotheses
 from diffpose.models.baselines import SemGCN, SimpleBaseline
 from diffpose.models.denoiser import GraphDenoiser
 from diffpose.models.graformer import GraFormer
@@ -47,6 +51,9 @@ class Lifter(nn.Module):
     lifter but those with one output per window, like VideoPose3D)."""
 
     predicts_frames: bool = True
+
+    def fit_statistics(self, store: PoseStore, rows: np.ndarray, generator: torch.Generator) -> None:
+        """Fit what the lifter takes from the training split (normalisation, priors) into its buffers."""
 
     def loss(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
@@ -74,50 +81,129 @@ def _frames(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(0, 1)
 
 
+def _training_sample(store: PoseStore, rows: np.ndarray, most: int = 100_000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Detected 2D (N, J, 2) and root-relative 3D (N, J, 3) of at most ``most`` evenly spaced training rows."""
+    if len(rows) > most:
+        rows = rows[np.linspace(0, len(rows) - 1, most).astype(np.int64)]
+    return torch.from_numpy(store.pose_2d[rows]), torch.from_numpy(store.pose_3d[rows])
+
+
+class ZScore(nn.Module):
+    """Per-coordinate mean and standard deviation of the training split, for input (J, 2) and target (J, 3):
+    Martinez et al.'s normalisation (``data_utils.normalization_stats``). The root, always 0 in a root-relative
+    target, keeps std 1 and is left out of the loss (they drop it from the target)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name, dim in (("in", 2), ("out", 3)):
+            self.register_buffer(f"{name}_mean", torch.zeros(NUM_JOINTS, dim))
+            self.register_buffer(f"{name}_std", torch.ones(NUM_JOINTS, dim))
+
+    @torch.no_grad()
+    def fit(self, pose_2d: torch.Tensor, pose_3d: torch.Tensor) -> None:
+        for name, x in (("in", pose_2d), ("out", pose_3d)):
+            std = x.std(dim=0)
+            getattr(self, f"{name}_mean").copy_(x.mean(dim=0))
+            getattr(self, f"{name}_std").copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+
+
 class DirectLifter(Lifter):
     """A network that maps the centre frame's 2D (B, J, 2) to 3D (B, J, 3): every frame-based baseline.
 
-    loss "mpjpe" (GraFormer, SemGCN) or "mse" (SimpleBaseline, as published)."""
+    ``loss``: "mse" (GraFormer, SemGCN: squared error in metres, mean over joints and coordinates), "mpjpe", or
+    "zscore" (SimpleBaseline: input and target z-scored by :class:`ZScore`, squared error on the z-scores of the
+    non-root joints; the network predicts z-scores)."""
 
-    def __init__(self, net: nn.Module, loss: str = "mpjpe"):
+    def __init__(self, net: nn.Module, loss: str = "mse"):
         super().__init__()
+        if loss not in ("mse", "mpjpe", "zscore"):
+            raise ValueError(f"loss must be 'mse', 'mpjpe' or 'zscore', got {loss!r}")
         self.net = net
         self.loss_kind = loss
+        self.zscore = ZScore() if loss == "zscore" else None
+
+    def fit_statistics(self, store: PoseStore, rows: np.ndarray, generator: torch.Generator) -> None:
+        if self.zscore is not None:
+            self.zscore.fit(*_training_sample(store, rows))
+
+    def _normalised(self, pose_2d: torch.Tensor) -> torch.Tensor:
+        """(B, J, 2) -> the network's output, z-scored when the lifter z-scores (B, J, 3)."""
+        if self.zscore is None:
+            return self.net(pose_2d)
+        return self.net((pose_2d - self.zscore.in_mean) / self.zscore.in_std)
 
     def forward(self, pose_2d: torch.Tensor) -> torch.Tensor:
-        return self.net(pose_2d)
+        """(B, J, 2) -> (B, J, 3) metres."""
+        out = self._normalised(pose_2d)
+        if self.zscore is None:
+            return out
+        pose = out * self.zscore.out_std + self.zscore.out_mean
+        return torch.cat([torch.zeros_like(pose[:, :1]), pose[:, 1:]], dim=1)  # the root, never trained, is 0
 
     def loss(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
-        pred = self.net(_centre(batch.pose_2d))
         target = _centre(batch.pose_3d)
+        if self.zscore is not None:
+            z = (target - self.zscore.out_mean) / self.zscore.out_std
+            return (self._normalised(_centre(batch.pose_2d)) - z)[:, 1:].square().mean()
+        pred = self.net(_centre(batch.pose_2d))
         if self.loss_kind == "mse":
             return (pred - target).square().mean()
         return (pred - target).norm(dim=-1).mean()
 
     def predict(self, batch: Batch, generator: torch.Generator) -> Prediction:
-        return Prediction(pose=_root_relative(self.net(_centre(batch.pose_2d))))
+        return Prediction(pose=_root_relative(self(_centre(batch.pose_2d))))
 
     def predict_frames(self, batch: Batch, generator: torch.Generator) -> Prediction:
         b, t = batch.pose_2d.shape[:2]
-        pose = self.net(_frames(batch.pose_2d))                              # (B*T, J, 3)
+        pose = self(_frames(batch.pose_2d))                                  # (B*T, J, 3)
         return Prediction(pose=_root_relative(pose).unflatten(0, (b, t)))
 
 
-class SequenceLifter(Lifter):
-    """A network that maps a window of 2D poses (B, T, J, 2) to 3D: the temporal baselines.
+class MeanPose(Lifter):
+    """The mean root-relative 3D pose of the training split for every input: the reference a lifter must beat.
+    Nothing to train."""
 
-    ``seq2seq`` (MixSTE): one pose per input frame (B, T, J, 3); the loss is MPJPE over every frame of the
-    window plus ``velocity_weight`` times the velocity error (MixSTE's training loss without its per-joint
-    weights and temporal-consistency term). Otherwise (VideoPose3D, T = its receptive field): one pose, the
-    centre frame's (B, 1, J, 3), trained with MPJPE. Both predict the centre frame.
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(NUM_JOINTS, 3))
+
+    def fit_statistics(self, store: PoseStore, rows: np.ndarray, generator: torch.Generator) -> None:
+        self.mean.copy_(_training_sample(store, rows)[1].mean(dim=0))
+
+    def loss(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
+        raise RuntimeError("the mean pose has nothing to train")
+
+    def predict(self, batch: Batch, generator: torch.Generator) -> Prediction:
+        return Prediction(pose=self.mean.expand(len(batch), -1, -1).clone())
+
+    def predict_frames(self, batch: Batch, generator: torch.Generator) -> Prediction:
+        b, t = batch.pose_2d.shape[:2]
+        return Prediction(pose=self.mean.expand(b, t, -1, -1).clone())
+
+
+# MixSTE's per-joint weights of its weighted MPJPE and temporal-consistency terms (run.py, h36m): the limbs'
+# ends count most.
+MIXSTE_JOINT_WEIGHTS = (1.0, 1.0, 2.5, 2.5, 1.0, 2.5, 2.5, 1.0, 1.0, 1.0, 1.5, 1.5, 4.0, 4.0, 1.5, 4.0, 4.0)
+
+
+class SequenceLifter(Lifter):
+    """A network that maps a window of 2D poses (B, T, J, 2) to 3D: the temporal baselines. Both predict the
+    centre frame.
+
+    ``seq2seq`` (MixSTE): one pose per input frame (B, T, J, 3), trained with MixSTE's loss (JinluZhang1126/
+    MixSTE run.py) in metres over every frame of the window: weighted MPJPE + 0.5 x the weighted mean squared
+    frame-to-frame change of the prediction (temporal consistency) + 2 x the velocity error (MPJVE). The
+    released code calls ``backward(loss)`` on the scalar, which scales every gradient by the loss itself; we
+    take the plain gradient. Otherwise (VideoPose3D, T = its receptive field): one pose, the centre frame's
+    (B, 1, J, 3), trained with MPJPE (facebookresearch/VideoPose3D run.py).
     """
 
-    def __init__(self, net: MixSTE | VideoPose3D, seq2seq: bool, velocity_weight: float = 2.0):
+    def __init__(self, net: MixSTE | VideoPose3D, seq2seq: bool):
         super().__init__()
         self.net = net
         self.seq2seq = seq2seq
         self.predicts_frames = seq2seq
-        self.velocity_weight = velocity_weight
+        self.register_buffer("joint_weights", torch.tensor(MIXSTE_JOINT_WEIGHTS), persistent=False)
 
     def forward(self, pose_2d: torch.Tensor) -> torch.Tensor:
         return self.net(pose_2d)
@@ -127,10 +213,13 @@ class SequenceLifter(Lifter):
         if not self.seq2seq:
             return (pred[:, 0] - _centre(batch.pose_3d)).norm(dim=-1).mean()
         target = batch.pose_3d                                               # (B, T, J, 3)
-        loss = (pred - target).norm(dim=-1).mean()
-        if self.velocity_weight and pred.shape[1] > 1:
-            velocity = torch.diff(pred, dim=1) - torch.diff(target, dim=1)   # (B, T-1, J, 3)
-            loss = loss + self.velocity_weight * velocity.norm(dim=-1).mean()
+        w = self.joint_weights
+        loss = (w * (pred - target).norm(dim=-1)).mean()
+        if pred.shape[1] > 1:
+            change = torch.diff(pred, dim=1)                                 # (B, T-1, J, 3)
+            consistency = (w[:, None] * change.square()).mean()
+            velocity = (change - torch.diff(target, dim=1)).norm(dim=-1).mean()
+            loss = loss + 0.5 * consistency + 2.0 * velocity
         return loss
 
     def predict(self, batch: Batch, generator: torch.Generator) -> Prediction:
@@ -142,6 +231,58 @@ class SequenceLifter(Lifter):
         if not self.seq2seq:
             return super().predict_frames(batch, generator)
         return Prediction(pose=_root_relative(self.net(batch.pose_2d)))
+
+
+class Sampled(Lifter):
+    """A deterministic lifter made to give ``hypotheses`` poses (a probabilistic baseline, evaluation only).
+
+    "mc_dropout": the lifter run N times with its dropout on and everything else as at evaluation (Gal and
+    Ghahramani 2016). "residual": its pose plus N draws of per-joint Gaussian noise whose covariance (J, 3, 3) is
+    that of its residuals on the validation subjects (:meth:`fit_residuals`). The pose is the hypotheses'
+    ``aggregate``.
+    """
+
+    def __init__(self, lifter: Lifter, method: str, hypotheses: int, aggregate: str = "mean"):
+        super().__init__()
+        if method not in ("mc_dropout", "residual"):
+            raise ValueError(f"method must be 'mc_dropout' or 'residual', got {method!r}")
+        self.lifter = lifter
+        self.method, self.hypotheses, self.how = method, hypotheses, aggregate
+        self.predicts_frames = lifter.predicts_frames
+        self.register_buffer("residual_chol", torch.zeros(NUM_JOINTS, 3, 3), persistent=False)
+
+    def fit_residuals(self, residuals: torch.Tensor) -> None:
+        """Residuals (N, J, 3), target minus prediction, root-relative metres: their per-joint covariance."""
+        r = residuals - residuals.mean(dim=0)
+        cov = torch.einsum("nja,njb->jab", r, r) / max(len(r) - 1, 1)               # (J, 3, 3)
+        eye = torch.eye(3, dtype=cov.dtype, device=cov.device)
+        self.residual_chol.copy_(torch.linalg.cholesky(cov + 1e-10 * eye))
+
+    def _draws(self, run: Callable[[], Prediction], generator: torch.Generator) -> Prediction:
+        if self.method == "mc_dropout":
+            modes = {m: m.training for m in self.lifter.modules()}
+            self.lifter.train()
+            for m in self.lifter.modules():
+                if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+                    m.eval()  # running statistics, as at evaluation: only dropout is switched on
+            try:
+                hyps = torch.stack([run().pose for _ in range(self.hypotheses)])         # (H, ..., J, 3)
+            finally:
+                for m, mode in modes.items():
+                    m.train(mode)
+        else:
+            pose = run().pose                                                           # (..., J, 3)
+            eps = torch.randn((self.hypotheses, *pose.shape), generator=generator, device=pose.device,
+                              dtype=pose.dtype)
+            noise = torch.einsum("jab,...jb->...ja", self.residual_chol.to(pose.dtype), eps)
+            hyps = _root_relative(pose + noise)
+        return Prediction(pose=_root_relative(aggregate_hypotheses(hyps, self.how)), hypotheses=hyps)
+
+    def predict(self, batch: Batch, generator: torch.Generator) -> Prediction:
+        return self._draws(lambda: self.lifter.predict(batch, generator), generator)
+
+    def predict_frames(self, batch: Batch, generator: torch.Generator) -> Prediction:
+        return self._draws(lambda: self.lifter.predict_frames(batch, generator), generator)
 
 
 class DiffPose(Lifter):
@@ -163,6 +304,7 @@ class DiffPose(Lifter):
         super().__init__()
         d, m = cfg.diffusion, cfg.model
         self.cfg = d
+        self.hypotheses, self.how = cfg.sample.hypotheses, cfg.sample.aggregate
         self.refiner = d.mode == "refiner"
         self.schedule = Schedule.make(kind=d.schedule, steps=d.train_steps, beta_start=d.beta_start,
                                       beta_end=d.beta_end)
@@ -184,10 +326,7 @@ class DiffPose(Lifter):
     @torch.no_grad()
     def fit_statistics(self, store: PoseStore, rows: np.ndarray, generator: torch.Generator) -> None:
         """pose_scale = std of root-relative training coordinates; the depth prior on scaled poses."""
-        if len(rows) > 100_000:
-            rows = rows[np.linspace(0, len(rows) - 1, 100_000).astype(np.int64)]
-        pose_3d = torch.from_numpy(store.pose_3d[rows])
-        pose_2d = torch.from_numpy(store.pose_2d[rows])
+        pose_2d, pose_3d = _training_sample(store, rows)
         scale = pose_3d[:, 1:].std()
         self.pose_scale.copy_(scale)
         prior = DepthPrior.fit(pose_2d, pose_3d / scale, kernels=self.cfg.depth_kernels,
@@ -273,7 +412,7 @@ class DiffPose(Lifter):
         d = self.cfg
         pick = _frames if every_frame else _centre
         pose_2d = pick(batch.pose_2d)                                        # (N, J, 2)
-        h = d.hypotheses
+        h = self.hypotheses
         t_start = None if d.t_start < 0 else d.t_start
         if self.refiner:
             enc_pose, _ = self._encode(batch, every_frame)
@@ -300,7 +439,7 @@ class DiffPose(Lifter):
                              predict=d.predict, generator=generator)
             hyps = samples * self.pose_scale
         hyps = _root_relative(hyps)                                          # (H, N, J, 3)
-        pose = _root_relative(aggregate(hyps, d.aggregate))
+        pose = _root_relative(aggregate(hyps, self.how))
         return Prediction(pose=pose, hypotheses=hyps)
 
 
@@ -326,16 +465,16 @@ def _network(lifter: str, hidden: int, blocks: int, heads: int, dropout: float, 
     raise KeyError(lifter)
 
 
-def _baseline(loss: str) -> Callable[..., Lifter]:
-    def build(cfg: Config, **_: object) -> Lifter:
+def _direct(loss: str) -> Callable[[Config], Lifter]:
+    def build(cfg: Config) -> Lifter:
         m = cfg.model
         return DirectLifter(_network(m.lifter, m.hidden, m.blocks, m.heads, m.dropout), loss=loss)
 
     return build
 
 
-def _sequence(seq2seq: bool) -> Callable[..., Lifter]:
-    def build(cfg: Config, **_: object) -> Lifter:
+def _sequence(seq2seq: bool) -> Callable[[Config], Lifter]:
+    def build(cfg: Config) -> Lifter:
         m = cfg.model
         net = _network(m.lifter, m.hidden, m.blocks, m.heads, m.dropout, frames=cfg.data.frames)
         return SequenceLifter(net, seq2seq=seq2seq)
@@ -343,86 +482,47 @@ def _sequence(seq2seq: bool) -> Callable[..., Lifter]:
     return build
 
 
-def _diffpose(cfg: Config, *, store: PoseStore, train_rows: np.ndarray, device: torch.device,
-              encoder_cache: Path, progress: bool = True, train_encoder: bool = True) -> Lifter:
-    encoder = None
-    if needs_encoder(cfg):
-        e = cfg.encoder
-        encoder = _network(e.lifter, e.hidden, e.blocks, e.heads, e.dropout, frames=cfg.data.frames)
-        if not hasattr(encoder, "forward_with_features"):
-            raise ValueError(f"encoder.lifter {e.lifter!r} gives no per-joint features; use 'graformer' "
-                             "(frames) or 'mixste' (video)")
-        if train_encoder:
-            ckpt = ensure_encoder(cfg.encoder_config(), store, encoder_cache, progress=progress)
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
-            encoder.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
-    lifter = DiffPose(cfg, encoder)
-    if train_encoder:
-        lifter.fit_statistics(store, train_rows, torch.Generator().manual_seed(cfg.train.seed))
-    return lifter
+def _mean_pose(cfg: Config) -> Lifter:
+    return MeanPose()
 
 
-LIFTERS: dict[str, Callable[..., Lifter]] = {
-    "diffpose": _diffpose,
-    "graformer": _baseline("mpjpe"),
-    "semgcn": _baseline("mpjpe"),
-    "simple_baseline": _baseline("mse"),
+def encoder_network(cfg: Config) -> nn.Module:
+    """The context encoder's network (untrained) of a DiffPose config: the ``net`` of its encoder lifter."""
+    e = cfg.encoder
+    net = _network(e.lifter, e.hidden, e.blocks, e.heads, e.dropout, frames=cfg.data.frames)
+    if not hasattr(net, "forward_with_features"):
+        raise ValueError(f"encoder.lifter {e.lifter!r} gives no per-joint features")
+    return net
+
+
+def _diffpose(cfg: Config, encoder: nn.Module | None) -> Lifter:
+    if cfg.uses_encoder and encoder is None:
+        raise ValueError("this DiffPose needs its trained context encoder (diffpose.train.trained)")
+    return DiffPose(cfg, encoder if cfg.uses_encoder else None)
+
+
+# Baselines: built from their config alone. DiffPose also takes its frozen context encoder (build_lifter).
+LIFTERS: dict[str, Callable[[Config], Lifter]] = {
+    "graformer": _direct("mse"),
+    "semgcn": _direct("mse"),
+    "simple_baseline": _direct("zscore"),
     "mixste": _sequence(seq2seq=True),
     "videopose3d": _sequence(seq2seq=False),
+    "mean_pose": _mean_pose,
 }
 
 
-def build_lifter(cfg: Config, store: PoseStore, train_rows: np.ndarray, *, device: torch.device,
-                 encoder_cache: Path, progress: bool = True, train_encoder: bool = True) -> Lifter:
-    """The lifter ``cfg.model.lifter``, with its training-split statistics (and, for DiffPose, its trained
-    context encoder) in place. ``train_encoder=False`` builds the bare architecture, for loading a
-    checkpoint that holds every weight and statistic."""
-    return LIFTERS[cfg.model.lifter](cfg, store=store, train_rows=train_rows, device=device,
-                                     encoder_cache=Path(encoder_cache), progress=progress,
-                                     train_encoder=train_encoder)
+def build_lifter(cfg: Config, encoder: nn.Module | None = None) -> Lifter:
+    """The (untrained) lifter ``cfg.model.lifter``; DiffPose with ``encoder``, its trained context encoder's
+    network (or an untrained one of the right shape, :func:`encoder_network`, for loading a checkpoint that holds
+    every weight)."""
+    if cfg.model.lifter == "diffpose":
+        return _diffpose(cfg, encoder)
+    return LIFTERS[cfg.model.lifter](cfg)
 
 
-def needs_encoder(cfg: Config) -> bool:
-    """Whether ``cfg`` trains a DiffPose that uses a context encoder (conditioning or refiner start)."""
-    return cfg.model.lifter == "diffpose" and (cfg.diffusion.context or cfg.diffusion.mode == "refiner")
-
-
-def encoder_key(encoder_cfg: Config, fingerprint: str) -> str:
-    """Identity of a context encoder: its own config without machine-specific keys, plus the store's
-    content (so the same encoder is found again on any node, whatever the store's path there)."""
-    portable = encoder_cfg.override({"data.store": "", "train.device": "auto", "train.threads": 0})
-    return f"{portable.model.lifter}-{portable.hash()[:10]}-{fingerprint[:10]}"
-
-
-def encoder_ready(encoder_cfg: Config, fingerprint: str, cache: Path) -> bool:
-    """Whether the context encoder ``encoder_cfg`` is already trained in ``cache``."""
-    return (Path(cache) / encoder_key(encoder_cfg, fingerprint) / "DONE").exists()
-
-
-def ensure_encoder(
-    encoder_cfg: Config,
-    store: PoseStore,
-    cache: Path,
-    progress: bool = True,
-    on_epoch: Callable[[dict[str, float], Path], None] | None = None,
-) -> Path:
-    """The best checkpoint of the context encoder ``encoder_cfg`` (``Config.encoder_config()``), trained
-    now unless already in ``cache``.
-
-    Trained once per (store, encoder config, seed) and shared by every variant; a file lock makes
-    concurrent trials on one shared cache wait for the first one instead of training it twice."""
-    from diffpose.train import BEST, fit  # train imports this module
-
-    key = encoder_key(encoder_cfg, store.meta["fingerprint"])
-    out = Path(cache) / key
-    out.mkdir(parents=True, exist_ok=True)
-    with open(Path(cache) / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        done = out / "DONE"
-        if not done.exists():
-            log.info("training the context encoder %s (cached in %s)", key, out)
-            fit(encoder_cfg, out, progress=progress, on_epoch=on_epoch)
-            done.write_text("ok\n")
-        else:
-            log.info("using the cached context encoder %s", key)
-    return out / BEST
+def sampled(lifter: Lifter, cfg: Config) -> Lifter:
+    """``lifter`` (trained) as ``sample.method`` evaluates it: itself, or a :class:`Sampled` baseline."""
+    if cfg.sample.method == "model":
+        return lifter
+    return Sampled(lifter, cfg.sample.method, cfg.sample.hypotheses, cfg.sample.aggregate)

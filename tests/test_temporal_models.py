@@ -273,10 +273,19 @@ def test_videopose3d_rejects_even_filter_widths() -> None:
 
 
 def test_set_bn_momentum_reaches_every_batch_norm() -> None:
+    from diffpose.config import Config
+    from diffpose.train import bn_momentum, set_bn_momentum
+
     model = VideoPose3D(channels=8)
-    model.set_bn_momentum(0.001)
+    set_bn_momentum(model, 0.001)
     momenta = {m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm1d)}
     assert momenta == {0.001}
+    # VideoPose3D's schedule (run.py): 0.1 at the first epoch, 0.001 at train.epochs, exponential between.
+    t = Config().override({"model.lifter": "videopose3d", "data.frames": 27}).train
+    assert (t.bn_momentum_end, t.epochs) == (0.001, 80)
+    assert bn_momentum(t, 0) == pytest.approx(0.1)
+    assert bn_momentum(t, 40) == pytest.approx(0.01)
+    assert bn_momentum(t, 80) == pytest.approx(0.001)
 
 
 def test_videopose3d_overfits_a_few_windows() -> None:

@@ -12,7 +12,7 @@ import torch
 from diffpose.config import Config, ConfigError
 from diffpose.data.source import Clip, SourceInfo
 from diffpose.data.store import Batch, PoseStore, Sampler, write_store
-from diffpose.lifters import DiffPose, Lifter, Prediction, SequenceLifter, build_lifter
+from diffpose.lifters import DiffPose, Lifter, Prediction, SequenceLifter, build_lifter, encoder_network
 from diffpose.models.temporal import MixSTE, VideoPose3D
 from diffpose.train import chunk_windows, consecutive_pairs, evaluate_rows
 
@@ -142,8 +142,7 @@ def test_every_row_gets_its_own_frame_in_either_evaluation_mode(store, mode, fli
 def test_a_lifter_with_one_output_per_window_is_evaluated_sliding(store):
     cfg = Config().override({"data.frames": 27, "data.eval_mode": "chunks", "model.lifter": "videopose3d",
                              "model.hidden": 16})
-    lifter = build_lifter(cfg, store, np.arange(len(store)), device=torch.device("cpu"),
-                          encoder_cache=store.path)
+    lifter = build_lifter(cfg)
     assert isinstance(lifter, SequenceLifter) and not lifter.predicts_frames
     out = evaluate_rows(lifter, Sampler(store, frames=27), store, np.arange(len(store)), cfg)
     assert out["frames"] == len(store) and np.isfinite(out["p1"])
@@ -181,7 +180,7 @@ def test_videopose3d_takes_its_filter_widths_from_the_window_and_rejects_other_l
         Config().override({"model.lifter": "videopose3d", "data.frames": 25})
     for frames, widths in ((27, (3, 3, 3)), (81, (3, 3, 3, 3)), (243, (3, 3, 3, 3, 3))):
         cfg = Config().override({"model.lifter": "videopose3d", "data.frames": frames, "model.hidden": 8})
-        net = build_lifter(cfg, store, np.arange(4), device=torch.device("cpu"), encoder_cache=store.path).net
+        net = build_lifter(cfg).net
         assert isinstance(net, VideoPose3D) and net.filter_widths == widths and net.receptive_field == frames
         assert net.expand.out_channels == 8
 
@@ -189,7 +188,7 @@ def test_videopose3d_takes_its_filter_widths_from_the_window_and_rejects_other_l
 def test_mixste_takes_width_depth_heads_and_window_from_the_config(store):
     cfg = Config().override({"model.lifter": "mixste", "data.frames": 9, "model.hidden": 24,
                              "model.blocks": 3, "model.heads": 6})
-    net = build_lifter(cfg, store, np.arange(4), device=torch.device("cpu"), encoder_cache=store.path).net
+    net = build_lifter(cfg).net
     assert isinstance(net, MixSTE) and net.frames == 9 and len(net.spatial) == 3
     assert net.embedding.out_features == 24 and net.spatial[0].attention.heads == 6
     published = Config().override({"model.lifter": "mixste"}).model
@@ -223,8 +222,7 @@ def _video_diffpose(store: PoseStore, encoder: str, mode: str) -> DiffPose:
                       "diffusion.train_steps": 51, "diffusion.beta_end": 1e-3}
     torch.manual_seed(0)
     cfg = Config().override(overrides)
-    lifter = build_lifter(cfg, store, np.arange(len(store)), device=torch.device("cpu"),
-                          encoder_cache=store.path, train_encoder=False)
+    lifter = build_lifter(cfg, encoder_network(cfg))
     lifter.fit_statistics(store, np.arange(len(store)), torch.Generator().manual_seed(0))
     return lifter.eval()
 

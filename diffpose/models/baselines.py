@@ -3,8 +3,8 @@
 Both map 2D joints (B, J, in_dim) to 3D joints (B, J, out_dim) and use their published hyperparameters as
 defaults. Parameter counts with J = 17: SimpleBaseline 4,296,755 (4,291,632 with the paper's 16 input and
 16 output joints; "4-5 M" in the paper); SemGCN 267,373 without and 434,733 with the non-local layers
-(0.27 M and 0.43 M in the SemGCN paper). Training-loop details of the papers (Martinez's max-norm weight
-constraint, SemGCN's gradient clipping) belong to the training loop, not here.
+(0.27 M and 0.43 M in the SemGCN paper). Martinez's max-norm weight constraint is part of the model here;
+SemGCN's gradient clipping belongs to the training loop.
 """
 
 from __future__ import annotations
@@ -25,14 +25,24 @@ SEMGCN_JOINT_GROUPS: tuple[tuple[int, ...], ...] = (
 )
 
 
+class MaxNormLinear(nn.Linear):
+    """A linear layer whose weight matrix is used scaled down to Frobenius norm 1 when above it: the official
+    SimpleBaseline's --max_norm (``tf.clip_by_norm(w, 1)`` on every weight matrix in linear_model.py's forward
+    pass; the PyTorch ports clip gradients instead)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = (1.0 / torch.linalg.matrix_norm(self.weight)).clamp(max=1.0)
+        return F.linear(x, self.weight * scale, self.bias)
+
+
 class ResidualLinear(nn.Module):
     """Martinez's residual block: x + drop(relu(BN(W_2 drop(relu(BN(W_1 x))))). (B, C) -> (B, C)."""
 
-    def __init__(self, dim: int, dropout: float) -> None:
+    def __init__(self, dim: int, dropout: float, linear: type[nn.Linear] = nn.Linear) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True), Dropout(dropout),
-            nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True), Dropout(dropout),
+            linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True), Dropout(dropout),
+            linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True), Dropout(dropout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -41,19 +51,21 @@ class ResidualLinear(nn.Module):
 
 class SimpleBaseline(nn.Module):
     """Martinez et al. 2017 on flattened joints: Linear(hidden)-BN-ReLU-Dropout, ``blocks`` ResidualLinear,
-    Linear. Linear weights Kaiming-normal as in the PyTorch port. (B, J, in_dim) -> (B, J, out_dim).
+    Linear. Linear weights Kaiming-normal as in the PyTorch port; with ``max_norm`` every weight matrix is used
+    clipped to norm 1 (:class:`MaxNormLinear`). (B, J, in_dim) -> (B, J, out_dim).
     """
 
     def __init__(self, in_dim: int = 2, out_dim: int = 3, hidden: int = 1024, blocks: int = 2,
-                 dropout: float = 0.5, joints: int = skeleton.NUM_JOINTS) -> None:
+                 dropout: float = 0.5, joints: int = skeleton.NUM_JOINTS, max_norm: bool = True) -> None:
         super().__init__()
         self.joints, self.out_dim = joints, out_dim
+        linear = MaxNormLinear if max_norm else nn.Linear
         self.input = nn.Sequential(
-            nn.Linear(joints * in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            linear(joints * in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
             Dropout(dropout),
         )
-        self.blocks = nn.Sequential(*(ResidualLinear(hidden, dropout) for _ in range(blocks)))
-        self.head = nn.Linear(hidden, joints * out_dim)
+        self.blocks = nn.Sequential(*(ResidualLinear(hidden, dropout, linear) for _ in range(blocks)))
+        self.head = linear(hidden, joints * out_dim)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.kaiming_normal_(m.weight)

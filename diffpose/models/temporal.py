@@ -257,12 +257,6 @@ class VideoPose3D(nn.Module):
         """Index within a window of the frame its output pose belongs to: centre, or last when causal."""
         return self.receptive_field - 1 if self.causal else self.receptive_field // 2
 
-    def set_bn_momentum(self, momentum: float) -> None:
-        """Set every BatchNorm's momentum (VideoPose3D decays it from 0.1 towards 0.001 during training)."""
-        for module in self.modules():
-            if isinstance(module, nn.BatchNorm1d):
-                module.momentum = momentum
-
     def forward(self, x: torch.Tensor, strided: bool | None = None) -> torch.Tensor:
         """x: (B, T, J, in_dim), T >= receptive_field -> (B, T - receptive_field + 1, J, out_dim).
 
