@@ -102,9 +102,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     out = args.out or Path("results") / "runs" / f"{cfg.model.lifter}-{cfg.hash()[:8]}"
-    result = fit(cfg, out, encoder_cache=args.encoder_cache)
-    print(f"trained {cfg.model.lifter} in {result.seconds / 60:.1f} min: best validation "
-          f"{cfg.train.metric} {result.best_metric:.1f} mm at epoch {result.best_epoch}; {result.best_checkpoint}")
+    result = fit(cfg, out, cache=args.encoder_cache)
+    state = "converged" if result.converged else "not converged"
+    print(f"trained {cfg.model.lifter} for {result.epochs} epochs ({state}) in {result.seconds / 60:.1f} min: best "
+          f"validation {cfg.train.metric} {result.best_metric:.1f} mm at epoch {result.best_epoch}; "
+          f"{result.best_checkpoint}")
     return 0
 
 
@@ -116,7 +118,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = checkpoint_config(load_checkpoint(args.checkpoint), args.checkpoint)
     for changes, source in _changes(args):
         cfg = cfg.for_evaluation(changes, source=source)
-    result = evaluate(cfg, args.checkpoint, args.split, encoder_cache=args.encoder_cache)
+    result = evaluate(cfg, args.checkpoint, args.split)
     text = json.dumps(result, indent=1)
     if args.out:
         _write_text(args.out, text)
@@ -200,7 +202,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="a TOML config (default: the built-in defaults)")
     p.add_argument("--variant", help="a named variant applied on top: " + ", ".join(VARIANTS))
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.lr=1e-3")
-    p.add_argument("--encoder-cache", type=Path, default=None, help="where context encoders are cached")
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train one lifter (one loop for all of them)")
     _config_args(tr)
+    tr.add_argument("--encoder-cache", type=Path, default=None,
+                    help="where DiffPose's context encoders are trained once and found again (default: "
+                         "OUT/../encoders)")
     tr.add_argument("--out", type=Path, help="output directory (checkpoints; resumes if it holds one)")
     tr.set_defaults(func=_cmd_train)
 

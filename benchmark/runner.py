@@ -1,18 +1,21 @@
 """Runs a suite on Ray Tune: stages, resources, storage, failures, resuming, the summary.
 
 Stage 1 trains what others depend on or nothing depends on (the shared context encoders and the baselines);
-stage 2 the DiffPose variants, which load the cached encoders; stage 3 evaluates the inference-only axis values
-(K steps, N hypotheses) on the weights stage 2 trained. A trial is identified by the hash of its
-resolved config; trials FINISHED in MLflow are skipped, so running the suite again after an interruption
-runs only what is missing, and interrupted trials resume from their last epoch checkpoint.
+stage 2 the DiffPose variants, which load the cached encoders; stage 3 evaluates the inference-only variants and
+axis values (K steps, N hypotheses, the probabilistic baselines) on the weights stages 1 and 2 trained. Every
+training lives once in the results' cache (``trainings/<identity>``, diffpose.train.trained), whichever trials
+need it. A trial is identified by its training's identity (the store's content, not its path), its evaluation
+and its stage; trials FINISHED in MLflow are skipped, so running the suite again after an interruption runs only
+what is missing, and interrupted trainings resume from their last epoch checkpoint.
 
-Multi-node clusters need ``results_dir`` on storage every node sees (e.g. NFS): trial checkpoints and the
-encoder cache live there. Tune's own state goes to ``storage`` (a path or ``s3://...``).
+Multi-node clusters need ``results_dir`` on storage every node sees (e.g. NFS): the trainings live there.
+Tune's own state goes to ``storage`` (a path or ``s3://...``).
 """
 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import logging
 import math
@@ -30,8 +33,8 @@ from ray import tune
 from benchmark import tracking
 from benchmark.suite import Suite, Trial, load_suite
 from benchmark.trial import run_trial
-from diffpose.data.store import PoseStore, prepare
-from diffpose.lifters import encoder_ready
+from diffpose.data.store import prepare, store_meta
+from diffpose.train import TRAININGS, is_trained
 
 log = logging.getLogger(__name__)
 
@@ -197,10 +200,11 @@ def run_suite(
     suite = load_suite(suite_path)
     results = Path(results_dir).resolve()
     results.mkdir(parents=True, exist_ok=True)
-    trials = suite.trials()
+    prepare_stores(suite)
+    fingerprints = {k: store_meta(ds.store)["fingerprint"] for k, ds in suite.datasets.items()}
+    trials = [dataclasses.replace(t, fingerprint=fingerprints[t.dataset]) for t in suite.trials()]
     encoders = suite.encoder_trials(trials)
 
-    prepare_stores(suite)
     uri = tracking.tracking_uri(results, tracking_uri)
     client = MlflowClient(uri)
     local = uri.startswith("sqlite:") or uri.startswith("file:")
@@ -211,15 +215,15 @@ def run_suite(
     finished = tracking.finished_trials(client, experiment_id)
     commit = tracking.git_commit()
     parent = tracking.start_suite_run(client, experiment_id, suite, commit)
-    cache = results / "encoders"
+    cache = results / TRAININGS
     ctx = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent,
-           "results_dir": str(results), "encoder_cache": str(cache), "git_commit": commit}
+           "results_dir": str(results), "cache": str(cache), "git_commit": commit}
 
-    fingerprints = {k: PoseStore.open(ds.store).meta["fingerprint"] for k, ds in suite.datasets.items()}
-    todo_encoders = [e for e in encoders
-                     if e.id not in finished and not encoder_ready(e.config, fingerprints[e.dataset], cache)]
+    todo_encoders = [e for e in encoders if e.id not in finished and not is_trained(e.config, cache)]
     todo = [t for t in trials if t.id not in finished]
-    first = todo_encoders + [t for t in todo if t.config.model.lifter != "diffpose"]
+    # 1: what others wait for or nothing waits for; 2: DiffPose on the encoders; 3: evaluations of weights
+    # that 1 and 2 trained (inference-only variants and axis values).
+    first = todo_encoders + [t for t in todo if t.config.model.lifter != "diffpose" and not t.eval_only]
     second = [t for t in todo if t.config.model.lifter == "diffpose" and not t.eval_only]
     third = [t for t in todo if t.eval_only]
     skipped = len(trials) - len(todo)

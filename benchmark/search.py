@@ -45,7 +45,7 @@ Example::
 
 from __future__ import annotations
 
-import fcntl
+import dataclasses
 import hashlib
 import json
 import logging
@@ -69,8 +69,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from benchmark.suite import DatasetSpec, SuiteError, Trial, _dataset, _flat, _table, _typed, parse_resources
-from diffpose.config import VARIANTS, Config, ConfigError, read_toml
+from benchmark.suite import DatasetSpec, SuiteError, Trial, _dataset, _table, _typed, parse_resources
+from diffpose.config import VARIANTS, Config, ConfigError, encoder_follows, merge, read_toml
 
 log = logging.getLogger(__name__)
 
@@ -394,21 +394,21 @@ def load_search(path: str | Path, *, results_dir: str | Path = "results", storag
     cpu, gpu = parse_resources(_table(raw, "resources", fail), fail)
     seed = get("seed", int, 0)
     base = _table(raw, "base", fail)
-    reserved = sorted(set(_flat(base)) & set(RESERVED))
+    reserved = sorted(set(merge(base)) & set(RESERVED))
     if reserved:
         raise fail(f"base.{reserved[0]}", "is set by the search itself (the store, search.seed, "
                                          "resources.cpu, search.metric)")
     try:
-        cfg = Config().override({**base, **dataset.overrides}, source=str(path))
-        cfg = cfg.override(VARIANTS[variant][2], source=f"{path}: variant {variant!r}")
-        fixed = cfg.override({"data.store": str(dataset.store), "train.seed": seed,
-                              "train.threads": max(1, int(cpu)), "train.metric": metric}, source=str(path))
+        shared = merge(base, dataset.overrides)
+        fixed = Config().override(merge(shared, encoder_follows(shared), VARIANTS[variant][2], {
+            "data.store": str(dataset.store), "train.seed": seed, "train.threads": max(1, int(cpu)),
+            "train.metric": metric}), source=f"{path}: variant {variant!r}")
     except ConfigError as e:
         raise SearchError(str(e)) from None
     if grace >= fixed.train.epochs and pruner != "none":
         raise fail("search.grace_period", f"{grace} leaves nothing to prune in {fixed.train.epochs} epochs "
                                           "(train.epochs); lower it or set pruner = \"none\"")
-    space = _dimensions(raw.get("space", {}), fixed, set(_flat(base)) | set(_flat(dataset.overrides)), fail)
+    space = _dimensions(raw.get("space", {}), fixed, set(merge(base)) | set(merge(dataset.overrides)), fail)
 
     url = storage_url(storage or os.environ.get("OPTUNA_STORAGE") or get("storage", str, ""), results_dir)
     _check_storage(url, fail)
@@ -707,31 +707,21 @@ def scheduler(search: Search, searcher: StudySearch) -> TrialScheduler:
 
 # ---- one trial (runs in a Ray worker) ----------------------------------------------------------------------
 
-def _history(train_dir: Path, cfg: Config) -> list[dict[str, float]]:
-    """Epoch records an earlier attempt at the same config left in ``train_dir``'s checkpoint."""
-    from diffpose.train import CHECKPOINT, load_checkpoint
-
-    path = train_dir / CHECKPOINT
-    if not path.exists():
-        return []
-    state = load_checkpoint(path)
-    return list(state["history"]) if state.get("config_hash") == cfg.hash() else []
-
-
 def run_search_trial(search: Search, context: dict[str, Any], params: dict[str, Any]) -> None:
     """Tune function trainable of one search trial: train the sampled config, report the objective per epoch,
     log everything to the trial's MLflow run (:class:`~benchmark.tracking.TrialRun`); the test split is never
     evaluated. ``context``: tracking URI, experiment and parent run ids, results directory, encoder cache, git
     commit; ``params``: the sampled values and the Optuna trial (number and id)."""
-    from benchmark.tracking import TrialRun
+    from benchmark.tracking import TrialRun, training_metrics
     from benchmark.trial import _device_tags
     from diffpose.data.store import PoseStore
-    from diffpose.train import fit
+    from diffpose.train import trained
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     trial = search.trial({d.key: params[d.key] for d in search.space})
     cfg = trial.config
     store = PoseStore.open(cfg.data.store)
+    trial = dataclasses.replace(trial, fingerprint=store.meta["fingerprint"])
     tags = {"git.commit": context["git_commit"], "data.fingerprint": store.meta["fingerprint"],
             **_device_tags(cfg.train.device), "search.name": search.name, "optuna.study": search.study,
             "optuna.trial": str(params[TRIAL_NUMBER]), "optuna.trial_id": str(params[TRIAL_ID])}
@@ -745,27 +735,20 @@ def run_search_trial(search: Search, context: dict[str, Any], params: dict[str, 
         best = min(best, float(record[search.metric]))
         tune.report({**record, search.objective: best})
 
-    train_dir = Path(context["results_dir"]) / "trials" / cfg.hash()
-    train_dir.mkdir(parents=True, exist_ok=True)
     try:
-        with open(train_dir / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent trial of the same config waits, then reuses it
-            for record in _history(train_dir, cfg):
-                on_epoch(record)
-            result = fit(cfg, train_dir, encoder_cache=context["encoder_cache"], on_epoch=on_epoch,
-                         progress=False)
+        # A concurrent trial of the same config waits for its training, then reads it (every epoch reported).
+        result = trained(cfg, Path(context["cache"]), on_epoch=on_epoch, progress=False)
     except Exception:
         run.finish("FAILED")
         raise
     if run.finished:
         return
-    out_dir = train_dir / trial.id
+    out_dir = result.out_dir / trial.id
     out_dir.mkdir(exist_ok=True)
     (out_dir / "config.toml").write_text(cfg.to_toml())
-    run.log_final({"best_val_p1": min(h["val_p1"] for h in result.history),
-                   "best_val_p2": min(h["val_p2"] for h in result.history),
-                   "best_epoch": float(result.best_epoch), "train_seconds": result.seconds},
-                  [out_dir / "config.toml"])
+    run.log_final({**training_metrics(result, search.metric),
+                   "best_val_p1": min(h["val_p1"] for h in result.history),
+                   "best_val_p2": min(h["val_p2"] for h in result.history)}, [out_dir / "config.toml"])
     run.finish()
 
 
@@ -870,7 +853,7 @@ def export_best(study: optuna.Study, search: Search, path: Path) -> Path | None:
         lines.append(f"# The default config (trial {d.number}, {d.state.lower()}): {d.value:.3f} mm.")
     lines += ["# Use: diffpose-bench ablate --suite SUITE --overrides THIS_FILE (merged into the suite's [base]).",
               "# The search also fixed these keys (not exported):"]
-    lines += [f"#   {k} = {_toml_scalar(v)}" for k, v in sorted(_flat(search.base).items())]
+    lines += [f"#   {k} = {_toml_scalar(v)}" for k, v in sorted(merge(search.base).items())]
     lines += ["", "[base]"] + [f"{k} = {_toml_scalar(v)}" for k, v in sorted(best.params.items())] + [""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
@@ -908,21 +891,21 @@ def _close_stale_runs(client: Any, experiment_id: str, study: optuna.Study,
             end_run(t)
 
 
-def _pretrain_encoder(search: Search, cache: Path, store: Any) -> None:
+def _pretrain_encoder(search: Search, cache: Path) -> None:
     """Train the context encoder in the driver when every point of the space shares it (the usual case: the
     space holds no encoder or data key), so that concurrent trials do not wait for one another to train it."""
-    from diffpose.lifters import encoder_key, ensure_encoder, needs_encoder
+    from diffpose.train import trained
 
-    def key(cfg: Config) -> str | None:
-        return encoder_key(cfg.encoder_config(), store.meta["fingerprint"]) if needs_encoder(cfg) else None
+    def encoder(cfg: Config) -> str | None:
+        return cfg.encoder_config().identity("") if cfg.uses_encoder else None
 
-    shared = key(search.fixed)
-    changing = sorted({d.key for d in search.space for v in d.values() if key(search.config({d.key: v})) != shared})
+    shared = encoder(search.fixed)
+    changing = sorted({d.key for d in search.space for v in d.values()
+                       if encoder(search.config({d.key: v})) != shared})
     if changing:
-        log.warning("%s change the context encoder (encoder.lr and encoder.epochs = 0 follow train.*): each trial "
-                    "trains its own; fix encoder.* in [base] to share one", ", ".join(changing))
+        log.warning("%s change the context encoder: each trial trains its own", ", ".join(changing))
     elif shared is not None:
-        ensure_encoder(search.fixed.encoder_config(), store, cache, progress=False)
+        trained(search.fixed.encoder_config(), cache, progress=False)
 
 
 def run_search(
@@ -947,6 +930,7 @@ def run_search(
     from benchmark import tracking
     from benchmark.runner import _resources, init_ray, prepare_stores
     from diffpose.data.store import PoseStore
+    from diffpose.train import TRAININGS
 
     t_start = time.perf_counter()
     results = Path(results_dir).resolve()
@@ -973,12 +957,12 @@ def run_search(
     end_run = _run_ender(client, experiment_id)
     _close_stale_runs(client, experiment_id, study, end_run)
 
-    cache = results / "encoders"
-    _pretrain_encoder(search, cache, store)
+    cache = results / TRAININGS
+    _pretrain_encoder(search, cache)
     init_ray(address, results)
     res, slots = _resources(search)  # type: ignore[arg-type] - needs only .cpu and .gpu
     ctx = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent,
-           "results_dir": str(results), "encoder_cache": str(cache), "git_commit": commit}
+           "results_dir": str(results), "cache": str(cache), "git_commit": commit}
 
     def trainable(params: dict[str, Any]) -> None:
         run_search_trial(search, ctx, params)

@@ -23,7 +23,7 @@ import torch
 
 from diffpose.config import VARIANTS, Config
 from diffpose.data.store import PoseStore, Sampler
-from diffpose.lifters import build_lifter
+from diffpose.lifters import build_lifter, encoder_network
 from diffpose.train import count_flops, set_threads, splits
 
 log = logging.getLogger(__name__)
@@ -71,17 +71,16 @@ def bench_store(store_path: Path, batch_size: int = 1024, repeats: int = 20) -> 
     return out
 
 
-def bench_lifter(cfg: Config, store: PoseStore, batch_size: int, repeats: int, cache: Path,
-                 warmup: int = 1) -> dict[str, Any]:
+def bench_lifter(cfg: Config, store: PoseStore, batch_size: int, repeats: int, warmup: int = 1) -> dict[str, Any]:
     """Training samples/s (loss, backward, Adam step), inference poses/s, parameters and FLOPs per pose, with
     random weights (speed does not depend on them). DiffPose's encoder is built untrained. A sample is a
     window of ``data.frames``; inference gives its centre frame (sliding evaluation) and, for lifters that
     predict every frame, all T of them (chunked evaluation: ``chunk_poses_per_second``)."""
     rows = splits(cfg, store)
     sampler = Sampler(store, frames=cfg.data.frames, kernels=cfg.data.kernels)
-    lifter = build_lifter(cfg, store, rows.train, device=torch.device("cpu"), encoder_cache=cache,
-                          train_encoder=False)
     g = torch.Generator().manual_seed(0)
+    lifter = build_lifter(cfg, encoder_network(cfg) if cfg.uses_encoder else None)
+    lifter.fit_statistics(store, rows.train, g)
     idx = torch.from_numpy(rows.train[:batch_size])
     train_batch = sampler.batch(idx, draw_kernels=True, generator=g)
     eval_batch = sampler.batch(idx)
@@ -143,7 +142,7 @@ def bench_cases() -> dict[str, Case]:
     so a few windows and a single repeat)."""
     cases = {name: Case(VARIANTS[name][2]) for name in ("graformer", "semgcn", "simple_baseline")}
     for k, n in ((2, 1), (5, 5), (50, 1)):
-        cases[f"diffpose_K{k}_N{n}"] = Case({"diffusion.steps": k, "diffusion.hypotheses": n})
+        cases[f"diffpose_K{k}_N{n}"] = Case({"diffusion.steps": k, "sample.hypotheses": n})
     cases["diffpose_refiner"] = Case(VARIANTS["refiner"][2])
     video = {"encoder.lifter": "mixste"}
     for t, vp_batch, mix_batch, repeats in ((27, 256, 4, 2), (243, 32, 1, 1)):
@@ -171,11 +170,10 @@ def run_bench(store_path: Path, out: Path, *, threads: int = 0, batch_size: int 
     store = PoseStore.open(store_path)
     base = Config().override({"data.store": str(store_path)})
     lifters: dict[str, Any] = {}
-    cache = out.parent / ".bench-encoders"
     for name, case in bench_cases().items():
         cfg = base.override(case.overrides)
         reps = min(case.repeats or repeats, 2 if quick else repeats)
-        lifters[name] = bench_lifter(cfg, store, case.batch_size or batch_size, reps, cache, case.warmup)
+        lifters[name] = bench_lifter(cfg, store, case.batch_size or batch_size, reps, case.warmup)
         log.info("%s: %s", name, lifters[name])
     result["lifters"] = lifters
     result["peak_rss_mib"] = peak_rss_mib()

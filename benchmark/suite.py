@@ -41,8 +41,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffpose.config import AXES, INFERENCE_AXES, VARIANTS, Config, ConfigError, read_toml
-from diffpose.lifters import needs_encoder
+from diffpose.config import (
+    AXES,
+    EVALUATES,
+    EVALUATION_KEYS,
+    INFERENCE_AXES,
+    VARIANTS,
+    Config,
+    ConfigError,
+    encoder_follows,
+    merge,
+    read_toml,
+)
 
 
 class SuiteError(ValueError):
@@ -59,7 +69,7 @@ class DatasetSpec:
 
 @dataclass(frozen=True)
 class Trial:
-    """One (dataset, variant, seed): its resolved config and where it sits in the ablation."""
+    """One (dataset, variant, seed): the config it trains, how it evaluates, where it sits in the ablation."""
 
     dataset: str
     variant: str
@@ -69,12 +79,18 @@ class Trial:
     config: Config                    # what is trained (and validated)
     stage: str = "trial"              # "encoder": a shared context encoder; "trial": everything else
     eval_overrides: dict[str, Any] = field(default_factory=dict)  # inference-only changes for the test
+    fingerprint: str = ""             # the store's content (set by the runner once the store exists)
+
+    @property
+    def training(self) -> str:
+        """The identity of the training this trial needs (:meth:`Config.identity`)."""
+        return self.config.identity(self.fingerprint)
 
     @property
     def id(self) -> str:
-        """A trial's identity: a hash of its resolved config (the seed included), its inference-only
+        """A trial's identity: its training's (the store's content, not its path), its inference-only
         overrides and its stage."""
-        blob = json.dumps({"config": self.config.to_dict(), "eval": self.eval_overrides, "stage": self.stage},
+        blob = json.dumps({"training": self.training, "eval": self.eval_overrides, "stage": self.stage},
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -85,7 +101,7 @@ class Trial:
 
     @property
     def eval_only(self) -> bool:
-        """Evaluates weights another trial trains (an inference-only axis value)."""
+        """Evaluates weights another trial trains (an inference-only axis value or variant)."""
         return bool(self.eval_overrides)
 
     @property
@@ -96,17 +112,18 @@ class Trial:
         """The MLflow params: the flattened config and the trial's place in the suite."""
         return {**self.eval_config.flatten(), "trial.dataset": self.dataset, "trial.variant": self.variant,
                 "trial.axis": self.axis, "trial.value": self.value, "trial.seed": self.seed,
-                "trial.stage": self.stage}
+                "trial.stage": self.stage, "trial.training": self.training}
 
     def to_dict(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "variant": self.variant, "axis": self.axis, "value": self.value,
                 "seed": self.seed, "stage": self.stage, "config": self.config.to_dict(),
-                "eval_overrides": self.eval_overrides}
+                "eval_overrides": self.eval_overrides, "fingerprint": self.fingerprint}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Trial:
         return cls(dataset=d["dataset"], variant=d["variant"], axis=d["axis"], value=d["value"], seed=d["seed"],
-                   stage=d["stage"], config=Config.from_dict(d["config"]), eval_overrides=d["eval_overrides"])
+                   stage=d["stage"], config=Config.from_dict(d["config"]), eval_overrides=d["eval_overrides"],
+                   fingerprint=d.get("fingerprint", ""))
 
 
 @dataclass(frozen=True)
@@ -125,16 +142,18 @@ class Suite:
     max_failures: int
 
     def trials(self) -> list[Trial]:
-        """Every trial of the suite, without duplicates (an axis value equal to full's is full itself)."""
+        """Every trial of the suite, without duplicates (an axis value equal to full's is full itself).
+
+        Inference-only variants (``EVALUATES``) and axis values (``INFERENCE_AXES``) evaluate the weights of
+        the variant they name (full for the axes): their config is that variant's, their eval overrides the
+        rest."""
         out: dict[str, Trial] = {}
         for key, ds in self.datasets.items():
             for seed in self.seeds:
-                full = self._config(ds, "full", {}, seed)
                 for variant in self.variants:
-                    axis, value, overrides = VARIANTS[variant]
-                    cfg = self._config(ds, variant, overrides, seed)
-                    t = Trial(dataset=key, variant=variant, axis=axis, value=value, seed=seed, config=cfg)
+                    t = self._variant_trial(ds, variant, seed)
                     out.setdefault(t.id, t)
+                full = self._config(ds, "full", {}, seed)
                 for axis, values in self.axes.items():
                     key_ = AXES[axis]
                     for x in values:
@@ -142,10 +161,7 @@ class Suite:
                         if axis in INFERENCE_AXES:
                             if full.flatten()[key_] == x:
                                 continue  # that is full itself
-                            try:
-                                full.override({key_: x}, source=f"{self.file}: axes.{axis}")  # validates x
-                            except ConfigError as e:
-                                raise SuiteError(str(e)) from None
+                            self._check_eval(full, {key_: x}, f"axes.{axis}")
                             t = Trial(dataset=key, variant=name, axis=axis, value=str(x), seed=seed, config=full,
                                       eval_overrides={key_: x})
                         else:
@@ -154,24 +170,55 @@ class Suite:
                         out.setdefault(t.id, t)  # the first name wins: "full" over "kernels=3"
         return list(out.values())
 
+    def _variant_trial(self, ds: DatasetSpec, variant: str, seed: int) -> Trial:
+        axis, value, overrides = VARIANTS[variant]
+        parent = EVALUATES.get(variant)
+        if parent is None:
+            cfg = self._config(ds, variant, overrides, seed)
+            return Trial(dataset=ds.key, variant=variant, axis=axis, value=value, seed=seed, config=cfg)
+        cfg = self._config(ds, parent, VARIANTS[parent][2], seed)
+        changes = merge({k: v for k, v in overrides.items() if k in EVALUATION_KEYS},
+                        self.variant_overrides.get(variant, {}))
+        self._check_eval(cfg, changes, f"variant.{variant}")
+        return Trial(dataset=ds.key, variant=variant, axis=axis, value=value, seed=seed, config=cfg,
+                     eval_overrides=changes)
+
+    def _check_eval(self, cfg: Config, changes: dict[str, Any], where: str) -> None:
+        """Inference-only changes: evaluation keys only, and a valid config with them."""
+        for k in changes:
+            if k not in EVALUATION_KEYS:
+                raise SuiteError(f"{self.file}: {where}: {k} changes the training, but this evaluates another "
+                                 f"variant's weights (evaluation keys only: {', '.join(sorted(EVALUATION_KEYS))})")
+        try:
+            cfg.override(changes, source=f"{self.file}: {where}")
+        except ConfigError as e:
+            raise SuiteError(str(e)) from None
+
     def encoder_trials(self, trials: list[Trial]) -> list[Trial]:
-        """The distinct context encoders the DiffPose trials need: trained once each, in a first stage."""
+        """The distinct context encoders the DiffPose trials need: trained once each, in a first stage. An
+        encoder that a baseline trial of the suite trains already (the same training) is left to it."""
+        trained = {t.training for t in trials if not t.eval_only}
         out: dict[str, Trial] = {}
         for t in trials:
-            if needs_encoder(t.config) and not t.eval_only:
+            if t.config.uses_encoder and not t.eval_only:
                 enc = t.config.encoder_config()
                 trial = Trial(dataset=t.dataset, variant=f"encoder:{enc.model.lifter}", axis="encoder",
-                              value=enc.model.lifter, seed=t.seed, config=enc, stage="encoder")
-                out.setdefault(trial.id, trial)
+                              value=enc.model.lifter, seed=t.seed, config=enc, stage="encoder",
+                              fingerprint=t.fingerprint)
+                if trial.training not in trained:
+                    out.setdefault(trial.id, trial)
         return list(out.values())
 
     def _config(self, ds: DatasetSpec, variant: str, overrides: dict[str, Any], seed: int) -> Config:
+        """The trial's config: [base] and the dataset's set (for every training, its encoder's too), then the
+        variant and the suite's overrides for it, then the store, seed and threads."""
         where = f"{self.file}: variant {variant!r} on dataset {ds.key!r}"
+        shared = merge(self.base, ds.overrides)
+        changes = merge(shared, encoder_follows(shared), overrides,
+                        self.variant_overrides.get(variant.split("=")[0], {}),
+                        {"data.store": str(ds.store), "train.seed": seed, "train.threads": max(1, int(self.cpu))})
         try:
-            cfg = Config().override({**self.base, **ds.overrides}, source=str(self.file))
-            cfg = cfg.override({**overrides, **self.variant_overrides.get(variant.split("=")[0], {})}, source=where)
-            return cfg.override({"data.store": str(ds.store), "train.seed": seed,
-                                 "train.threads": max(1, int(self.cpu))}, source=where)
+            return Config().override(changes, source=where)
         except ConfigError as e:
             raise SuiteError(str(e)) from None
 
@@ -239,6 +286,11 @@ def load_suite(path: str | Path, *, check_data: bool = True) -> Suite:
     for v in variant_overrides:
         if v not in variants and v not in axes:
             raise fail(f"variant.{v}", "overrides for a variant or axis the suite does not run")
+    for ds in datasets.values():  # the shared settings as the user wrote them, before encoders follow them
+        try:
+            Config().override(merge(raw.get("base", {}), ds.overrides), source=str(path))
+        except ConfigError as e:
+            raise SuiteError(str(e)) from None
     suite = Suite(
         name=name, file=path, description=str(head.get("description", "")), datasets=datasets,
         variants=variants, axes=axes, seeds=seeds, base=_table(raw, "base", fail),
@@ -307,13 +359,13 @@ def apply_overrides(suite_path: str | Path, overrides_path: str | Path, out_dir:
     for key in over:
         if key != "base":
             raise SuiteError(f"{overrides_path}: {key}: unknown table (an override file holds one [base] table)")
-    changes = _flat(_table(over, "base", lambda k, m: SuiteError(f"{overrides_path}: {k}: {m}")))
+    changes = merge(_table(over, "base", lambda k, m: SuiteError(f"{overrides_path}: {k}: {m}")))
     try:
         Config().override(changes, source=str(overrides_path))
     except ConfigError as e:
         raise SuiteError(str(e)) from None
     raw = read_toml(suite_path, SuiteError)
-    raw["base"] = {**_flat(raw.get("base", {})), **changes}
+    raw["base"] = merge(raw.get("base", {}), changes)
     head = raw.setdefault("suite", {})
     head["name"] = f"{head.get('name', Path(suite_path).stem)}+{overrides_path.stem}"
     out = Path(out_dir) / f"{head['name']}.toml"
@@ -323,14 +375,6 @@ def apply_overrides(suite_path: str | Path, overrides_path: str | Path, out_dir:
         lines += ["", f"[{table}]"] + [f"{json.dumps(k)} = {_toml(v)}" for k, v in body.items()]
     out.write_text("\n".join(lines) + "\n")
     load_suite(out, check_data=False)
-    return out
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested tables -> dotted keys (what ``train.lr = 1e-3`` parses to, flattened back)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
     return out
 
 

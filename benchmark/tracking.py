@@ -17,6 +17,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from benchmark.suite import Suite, Trial
+from diffpose.train import FitResult
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,14 @@ def _now_ms() -> int:
     import time
 
     return int(time.time() * 1000)
+
+
+def training_metrics(result: FitResult, metric: str) -> dict[str, float]:
+    """What a trial's training logs: its cost, its epochs, whether it converged (1/0, by
+    ``diffpose.train.converged``) and its selection metric's best validation value under that metric's name."""
+    return {"train_seconds": result.seconds, "best_epoch": float(result.best_epoch),
+            "epochs_trained": float(result.epochs), "converged": float(result.converged),
+            f"best_{metric}": result.best_metric}
 
 
 def final_metrics(result: dict[str, Any]) -> dict[str, float]:

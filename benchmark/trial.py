@@ -4,10 +4,8 @@ everything to its MLflow run; it resumes from its last checkpoint when Tune retr
 from __future__ import annotations
 
 import csv
-import fcntl
 import logging
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +13,9 @@ import torch
 from ray import tune
 
 from benchmark.suite import Trial
-from benchmark.tracking import TrialRun, final_metrics
+from benchmark.tracking import TrialRun, final_metrics, training_metrics
 from diffpose.data.store import PoseStore
-from diffpose.lifters import encoder_key, ensure_encoder
-from diffpose.train import CHECKPOINT, evaluate, fit, load_checkpoint, pick_device
+from diffpose.train import evaluate, pick_device, trained
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +36,13 @@ def _device_tags(cfg_device: str) -> dict[str, str]:
     return tags
 
 
-def _replay_history(run: TrialRun, checkpoint: Path) -> None:
-    """Log the epochs a checkpoint holds that the run lacks: an attempt killed between writing its
-    checkpoint and logging that epoch would otherwise leave a gap, since the resumed fit starts after it."""
-    if checkpoint.exists():
-        for record in load_checkpoint(checkpoint)["history"]:
-            run.log_epoch(record)
-
-
 def run_trial(spec: dict[str, Any]) -> None:
     """Tune function trainable. ``spec["trial"]``: :meth:`Trial.to_dict`; ``spec["context"]``: tracking URI,
-    experiment and parent run ids, results directory, encoder cache, git commit."""
+    experiment and parent run ids, results directory, the trainings' cache, git commit.
+
+    The trial's training is :func:`diffpose.train.trained` in the cache (done before by another trial, or now:
+    an inference-only trial waits for the training it evaluates); every epoch of it is logged to the trial's
+    run, then its test evaluation."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     trial = Trial.from_dict(spec["trial"])
     ctx = spec["context"]
@@ -69,37 +62,23 @@ def run_trial(spec: dict[str, Any]) -> None:
         run.log_epoch(record)
         tune.report(dict(record))
 
-    t0 = time.perf_counter()
+    cache = Path(ctx["cache"])
     try:
+        result = trained(cfg, cache, on_epoch=None if trial.eval_only else on_epoch, progress=False)
+        training = training_metrics(result, cfg.train.metric)
         if trial.stage == "encoder":
-            cache = Path(ctx["encoder_cache"])
-            _replay_history(run, cache / encoder_key(cfg, store.meta["fingerprint"]) / CHECKPOINT)
-            ensure_encoder(cfg, store, cache, progress=False, on_epoch=on_epoch)
-            run.log_final({"train_seconds": time.perf_counter() - t0}, [])
+            run.log_final(training, [])
             run.finish()
             tune.report({"encoder_done": 1.0})
             return
-        # Trained weights live under the training config's hash: trials of inference-only axes (K, N) evaluate
-        # the weights their "full" trial trained. The lock makes a second trial wait instead of training again.
-        train_dir = Path(ctx["results_dir"]) / "trials" / cfg.hash()
-        train_dir.mkdir(parents=True, exist_ok=True)
-        with open(train_dir / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not trial.eval_only:
-                _replay_history(run, train_dir / CHECKPOINT)
-            result = fit(cfg, train_dir, encoder_cache=ctx["encoder_cache"],
-                         on_epoch=None if trial.eval_only else on_epoch, progress=False)
-        out_dir = train_dir / trial.id
+        out_dir = result.out_dir / trial.id
         out_dir.mkdir(exist_ok=True)
         predictions = out_dir / "predictions.npz"
-        test = evaluate(trial.eval_config, result.best_checkpoint, "test", encoder_cache=ctx["encoder_cache"],
-                        save_predictions=predictions)
+        test = evaluate(trial.eval_config, result.best_checkpoint, "test", save_predictions=predictions)
     except Exception:
         run.finish("FAILED")
         raise
-    metrics = final_metrics(test)
-    metrics.update({"train_seconds": result.seconds, "best_epoch": float(result.best_epoch),
-                    "best_val_p1": min(h["val_p1"] for h in result.history)})
+    metrics = {**final_metrics(test), **training}
     (out_dir / "config.toml").write_text(trial.eval_config.to_toml())
     with open(out_dir / "per_action.csv", "w", newline="") as f:
         writer = csv.writer(f)

@@ -7,6 +7,8 @@ checkpoint every epoch and resuming from it. Orchestrators (Ray Tune) hook in th
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
 import math
 import os
@@ -22,10 +24,10 @@ import torch
 from tqdm.auto import tqdm
 
 from diffpose import metrics
-from diffpose.config import Config, ConfigError
+from diffpose.config import Config, ConfigError, Train
 from diffpose.data.source import DataError
-from diffpose.data.store import Batch, PoseStore, Sampler, mirror
-from diffpose.lifters import Lifter, build_lifter
+from diffpose.data.store import Batch, PoseStore, Sampler, mirror, store_meta
+from diffpose.lifters import Lifter, Sampled, build_lifter, encoder_network, sampled
 
 log = logging.getLogger(__name__)
 
@@ -129,13 +131,49 @@ class Ema:
         return live
 
 
-def _lr_lambda(cfg: Config) -> Callable[[int], float]:
-    t = cfg.train
+def _lr_factor(t: Train) -> Callable[[int], float]:
+    """The learning rate's factor after n scheduler steps: epochs, or optimiser steps for "steps"."""
     if t.lr_schedule == "exp":
-        return lambda epoch: t.lr_gamma**epoch
-    if t.lr_schedule == "step":
-        return lambda epoch: t.lr_gamma ** (epoch // t.lr_step)
-    return lambda epoch: 0.5 * (1.0 + math.cos(math.pi * min(epoch, t.epochs) / t.epochs))
+        return lambda n: t.lr_gamma**n
+    if t.lr_schedule in ("step", "steps"):
+        return lambda n: t.lr_gamma ** (n // t.lr_step)
+    return lambda n: 0.5 * (1.0 + math.cos(math.pi * min(n, t.epochs) / t.epochs))
+
+
+def _optimizer(t: Train, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, amsgrad=t.optimizer == "amsgrad")
+
+
+def set_bn_momentum(module: torch.nn.Module, momentum: float) -> None:
+    """Every batch norm's momentum (PyTorch's convention: the weight of the new batch's statistics)."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
+            m.momentum = momentum
+
+
+def bn_momentum(t: Train, epoch: int) -> float:
+    """VideoPose3D's batch-norm momentum of ``epoch`` (from 0): 0.1 decayed exponentially to
+    ``bn_momentum_end`` at ``train.epochs``."""
+    return 0.1 * math.exp(-epoch / t.epochs * math.log(0.1 / t.bn_momentum_end))
+
+
+# The project's convergence rule, on the validation curve of the selection metric (lower is better): after at
+# least CONVERGENCE_MIN_EPOCHS epochs, the best value of the last quarter of the epochs (rounded up) improves on
+# the best value before it by less than CONVERGENCE_TOLERANCE, relative.
+CONVERGENCE_MIN_EPOCHS = 8
+CONVERGENCE_TOLERANCE = 0.01
+
+
+def converged(curve: list[float]) -> bool:
+    """Whether a validation curve (one value per epoch, lower is better) has converged by the project's rule."""
+    n = len(curve)
+    if n < CONVERGENCE_MIN_EPOCHS:
+        return False
+    last = math.ceil(n / 4)
+    before, recent = min(curve[:n - last]), min(curve[n - last:])
+    return recent > before * (1.0 - CONVERGENCE_TOLERANCE)
 
 
 def _save(obj: dict, path: Path) -> None:
@@ -173,142 +211,238 @@ class FitResult:
     history: list[dict[str, float]]
     seconds: float  # the training's wall time, summed over its epochs (validation included): the cost of
                     # these weights, the same after a resume or when fit() finds the training already done
+    converged: bool = False  # by the project's rule (converged()) on the selection metric's validation curve
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"best_epoch": self.best_epoch, "best_metric": self.best_metric, "history": self.history,
+                "seconds": self.seconds, "converged": self.converged}
+
+    @classmethod
+    def from_dict(cls, out_dir: Path, d: dict[str, Any]) -> FitResult:
+        return cls(out_dir=out_dir, best_checkpoint=out_dir / BEST, best_epoch=d["best_epoch"],
+                   best_metric=d["best_metric"], history=d["history"], seconds=d["seconds"],
+                   converged=d["converged"])
+
+
+DONE = "done.json"  # in a finished training's folder: its FitResult
+TRAININGS = "trainings"  # a results folder's cache of trainings, one folder per Config.identity
+
+
+def is_trained(cfg: Config, cache: str | Path) -> bool:
+    """Whether ``cfg``'s training is finished in ``cache`` (:func:`trained` would only read it)."""
+    return (Path(cache) / cfg.identity(store_meta(cfg.data.store)["fingerprint"]) / DONE).exists()
+
+
+def trained(cfg: Config, cache: str | Path, *, on_epoch: Callable[[dict[str, float], Path], None] | None = None,
+            progress: bool = True) -> FitResult:
+    """The training of ``cfg``, in ``cache/<cfg.identity>``: the one done there before (by any trial, suite or
+    process: a baseline and a context encoder of one config are one training), else trained there now. A file
+    lock makes a second process on a shared cache wait for the first instead of training again.
+    ``on_epoch`` sees every epoch of the training once, those done before included."""
+    out = Path(cache) / cfg.identity(store_meta(cfg.data.store)["fingerprint"])
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / DONE).exists():
+            log.info("using the finished training %s", out)
+            result = FitResult.from_dict(out, json.loads((out / DONE).read_text()))
+            for record in result.history if on_epoch is not None else ():
+                on_epoch(record, out / CHECKPOINT)
+            return result
+        result = fit(cfg, out, cache=cache, on_epoch=on_epoch, progress=progress)
+        tmp = out / f".{DONE}.tmp"
+        tmp.write_text(json.dumps(result.to_dict()))
+        tmp.replace(out / DONE)
+    return result
+
+
+def load_lifter(path: str | Path, device: torch.device | str = "cpu") -> Lifter:
+    """A trained lifter from its checkpoint (its config and every weight and statistic)."""
+    state = load_checkpoint(path, device)
+    cfg = checkpoint_config(state, path)
+    lifter = build_lifter(cfg, encoder_network(cfg) if cfg.uses_encoder else None)
+    try:
+        lifter.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise DataError(path, f"its weights do not fit {cfg.model.lifter} as configured "
+                              f"({str(e).splitlines()[0]})") from None
+    return lifter.to(device)
 
 
 def fit(
     cfg: Config,
     out_dir: str | Path,
     *,
-    encoder_cache: str | Path | None = None,
+    cache: str | Path | None = None,
     on_epoch: Callable[[dict[str, float], Path], None] | None = None,
     progress: bool = True,
 ) -> FitResult:
     """Train ``cfg.model.lifter`` on the store's training subjects, validating each epoch on held-out
-    training subjects. Resumes from ``out_dir/checkpoint.pt`` when it exists for the same config.
+    training subjects, until ``train.epochs`` or, with ``train.stop_at_convergence``, until the validation
+    curve has converged (:func:`converged`). Resumes from ``out_dir/checkpoint.pt`` when it holds this
+    config's training. DiffPose's context encoder is :func:`trained` first in ``cache`` (default
+    ``out_dir/../encoders``) and frozen.
 
-    ``on_epoch(metrics, checkpoint_path)`` is called after each epoch's checkpoint is written.
-    ``encoder_cache``: where DiffPose's context encoders are cached (default ``out_dir/../encoders``).
+    ``on_epoch(metrics, checkpoint_path)`` is called after each epoch's checkpoint is written (and, on a
+    resume, for each epoch done before).
     """
+    # 1. What is given, checked before anything is built or written.
     out_dir = Path(out_dir)
-    ckpt_path = out_dir / CHECKPOINT
-    resume = _resume_state(ckpt_path, cfg)
     device = pick_device(cfg.train.device)
     store = PoseStore.open(cfg.data.store)
+    identity = cfg.identity(store.meta["fingerprint"])
+    resume = _resume_state(out_dir / CHECKPOINT, identity)
     rows = splits(cfg, store)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(out_dir, f"cannot write the training's output here ({e.strerror or e})") from None
+
+    # 2. The frozen context encoder, trained first (or found) by its own recipe.
+    encoder = None
+    if cfg.uses_encoder:
+        done = trained(cfg.encoder_config(), Path(cache) if cache else out_dir.parent / "encoders",
+                       progress=progress)
+        encoder = load_lifter(done.best_checkpoint).net
+
+    # 3. The lifter with its training-split statistics, the optimiser and its schedule.
     threads = set_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
-
+    t = cfg.train
     sampler = Sampler(store, frames=cfg.data.frames, kernels=cfg.data.kernels, device=device)
-    cache = Path(encoder_cache) if encoder_cache else out_dir.parent / "encoders"
-    lifter = build_lifter(cfg, store, rows.train, device=device, encoder_cache=cache, progress=progress)
+    lifter = build_lifter(cfg, encoder)
+    lifter.fit_statistics(store, rows.train, torch.Generator().manual_seed(t.seed))
     lifter.to(device)
     params = [p for p in lifter.parameters() if p.requires_grad]
-    opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
-    ema = Ema(lifter, cfg.train.ema) if cfg.train.ema > 0 else None
-    amp = cfg.train.amp and device.type == "cuda"
+    optimizer = _optimizer(t, params) if params else None
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(t)) if optimizer else None
+    ema = Ema(lifter, t.ema) if t.ema > 0 and params else None
 
+    # 4. Where a killed training left off.
     history: list[dict[str, float]] = []
-    start_epoch, best_metric, best_epoch = 0, float("inf"), -1
+    start_epoch, best_metric, best_epoch, stopped = 0, float("inf"), -1, False
     if resume is not None:
-        state = resume
-        lifter.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        lifter.load_state_dict(resume["model"])
+        if optimizer is not None:
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
         if ema is not None:
-            ema.shadow = {k: v.to(device) for k, v in state["ema"].items()}
-        generator.set_state(state["generator"].to(generator.get_state().device))
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch, best_metric, best_epoch = state["epoch"] + 1, state["best_metric"], state["best_epoch"]
-        history = state["history"]
+            ema.shadow = {k: v.to(device) for k, v in resume["ema"].items()}
+        generator.set_state(resume["generator"].to(generator.get_state().device))
+        torch.set_rng_state(resume["torch_rng"])
+        start_epoch, best_metric, best_epoch = resume["epoch"] + 1, resume["best_metric"], resume["best_epoch"]
+        history, stopped = resume["history"], resume.get("stopped", False)
         log.info("resumed %s at epoch %d", out_dir, start_epoch)
+        for record in history if on_epoch is not None else ():
+            on_epoch(record, out_dir / CHECKPOINT)  # the caller sees every epoch once, the earlier ones too
 
+    # 5. Epochs: train, validate, checkpoint, until train.epochs or convergence.
     log.info("training %s on %s (%d threads): %d train / %d val frames, %d parameters", cfg.model.lifter,
              device, threads, len(rows.train), len(rows.val), sum(p.numel() for p in params))
-    batches = max(1, len(rows.train) // cfg.train.batch_size)
-    if cfg.train.steps_per_epoch:
-        batches = min(batches, cfg.train.steps_per_epoch)
-    for epoch in range(start_epoch, cfg.train.epochs):
+    for epoch in range(start_epoch, 0 if stopped else t.epochs):
         t_epoch = time.perf_counter()
-        lifter.train()
-        total, seen = 0.0, 0
-        bar = tqdm(total=batches, desc=f"{cfg.model.lifter} epoch {epoch + 1}/{cfg.train.epochs}",
-                   disable=not progress, leave=False, dynamic_ncols=True)
-        for batch in sampler.epoch(rows.train, cfg.train.batch_size, generator,
-                                   draw_kernels=cfg.data.draw_kernels, flip_augment=cfg.data.flip_augment,
-                                   steps=cfg.train.steps_per_epoch):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = lifter.loss(batch, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.train.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
-            optimizer.step()
-            if ema is not None:
-                ema.update(lifter)
-            total += loss.item() * len(batch)
-            seen += len(batch)
-            bar.update()
-            bar.set_postfix(loss=f"{total / seen:.4f}")
-        bar.close()
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
+        loss, seen, lr = 0.0, 0, t.lr
+        if optimizer is not None:
+            if t.bn_momentum_end > 0:
+                set_bn_momentum(lifter, bn_momentum(t, epoch))
+            loss, seen = _train_epoch(lifter, sampler, rows.train, cfg, optimizer, scheduler, ema, generator,
+                                      device, progress, f"{cfg.model.lifter} epoch {epoch + 1}/{t.epochs}")
+            lr = optimizer.param_groups[0]["lr"]
+            if t.lr_schedule != "steps":
+                scheduler.step()
         train_seconds = time.perf_counter() - t_epoch
 
         live = ema.swap_into(lifter) if ema is not None else None
-        val = evaluate_rows(lifter, sampler, store, rows.val, cfg, generator_seed=cfg.train.seed)
+        val = evaluate_rows(lifter, sampler, store, rows.val, cfg, generator_seed=t.seed)
         if live is not None:
             lifter.load_state_dict(live, strict=False)
-        record = {"epoch": epoch + 1, "train_loss": total / max(seen, 1), "lr": lr,
-                  "val_p1": val["p1"], "val_p2": val["p2"], "train_seconds": train_seconds,
-                  "samples_per_second": seen / max(train_seconds, 1e-9),
+        record = {"epoch": epoch + 1, "train_loss": loss, "lr": lr, "val_p1": val["p1"], "val_p2": val["p2"],
+                  "train_seconds": train_seconds, "samples_per_second": seen / max(train_seconds, 1e-9),
                   "epoch_seconds": time.perf_counter() - t_epoch}
         history.append(record)
-        metric = record[cfg.train.metric]
+        metric = record[t.metric]
         improved = metric < best_metric
         if improved:
             best_metric, best_epoch = metric, epoch + 1
+        stopped = t.stop_at_convergence and converged([h[t.metric] for h in history])
         state = {
-            "config": cfg.to_dict(), "config_hash": cfg.hash(), "lifter": cfg.model.lifter,
-            "model": lifter.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "ema": ema.shadow if ema is not None else {},
+            "config": cfg.to_dict(), "config_hash": identity, "lifter": cfg.model.lifter,
+            "model": lifter.state_dict(), "optimizer": optimizer.state_dict() if optimizer else {},
+            "scheduler": scheduler.state_dict() if scheduler else {}, "ema": ema.shadow if ema is not None else {},
             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
             "epoch": epoch, "best_metric": best_metric, "best_epoch": best_epoch, "history": history,
+            "stopped": stopped,
         }
-        _save(state, ckpt_path)
+        _save(state, out_dir / CHECKPOINT)
         if improved:
             weights = ema.shadow if ema is not None else None
             model_state = {**lifter.state_dict(), **weights} if weights else lifter.state_dict()
-            _save({"config": cfg.to_dict(), "config_hash": cfg.hash(), "lifter": cfg.model.lifter,
+            _save({"config": cfg.to_dict(), "config_hash": identity, "lifter": cfg.model.lifter,
                    "model": model_state, "epoch": epoch + 1, "metric": metric}, out_dir / BEST)
-        log.info("epoch %d/%d  loss %.4f  val P1 %.1f mm  P2 %.1f mm  (%.0f samples/s)%s", epoch + 1,
-                 cfg.train.epochs, record["train_loss"], record["val_p1"], record["val_p2"],
-                 record["samples_per_second"], "  *" if improved else "")
+        log.info("epoch %d/%d  loss %.4f  val P1 %.1f mm  P2 %.1f mm  (%.0f samples/s)%s%s", epoch + 1,
+                 t.epochs, record["train_loss"], record["val_p1"], record["val_p2"],
+                 record["samples_per_second"], "  *" if improved else "", "  converged" if stopped else "")
         if on_epoch is not None:
-            on_epoch(record, ckpt_path)
+            on_epoch(record, out_dir / CHECKPOINT)
+        if stopped:
+            break
 
     return FitResult(out_dir=out_dir, best_checkpoint=out_dir / BEST, best_epoch=best_epoch,
                      best_metric=best_metric, history=history,
-                     seconds=sum(h["epoch_seconds"] for h in history))
+                     seconds=sum(h["epoch_seconds"] for h in history),
+                     converged=converged([h[t.metric] for h in history]))
 
 
-def _resume_state(ckpt_path: Path, cfg: Config) -> dict | None:
-    """The state to resume from (``ckpt_path`` when it exists), checked to be this config's before anything
+def _train_epoch(lifter: Lifter, sampler: Sampler, rows: np.ndarray, cfg: Config, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, ema: Ema | None, generator: torch.Generator,
+                 device: torch.device, progress: bool, desc: str) -> tuple[float, int]:
+    """One pass of optimiser steps over shuffled training batches: (mean loss, samples seen)."""
+    t = cfg.train
+    amp = t.amp and device.type == "cuda"
+    params = [p for p in lifter.parameters() if p.requires_grad]
+    batches = max(1, len(rows) // t.batch_size)
+    if t.steps_per_epoch:
+        batches = min(batches, t.steps_per_epoch)
+    lifter.train()
+    total, seen = 0.0, 0
+    bar = tqdm(total=batches, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    for batch in sampler.epoch(rows, t.batch_size, generator, draw_kernels=t.draw_kernels,
+                               flip_augment=t.flip_augment, steps=t.steps_per_epoch):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = lifter.loss(batch, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+        optimizer.step()
+        if t.lr_schedule == "steps":
+            scheduler.step()
+        if ema is not None:
+            ema.update(lifter)
+        total += loss.item() * len(batch)
+        seen += len(batch)
+        bar.update()
+        bar.set_postfix(loss=f"{total / seen:.4f}")
+    bar.close()
+    return total / max(seen, 1), seen
+
+
+def _resume_state(ckpt_path: Path, identity: str) -> dict | None:
+    """The state to resume from (``ckpt_path`` when it exists), checked to be this training's before anything
     is built or written: an output folder holding another config's training is refused by name."""
-    if not ckpt_path.exists() and not ckpt_path.parent.is_file():
-        return None
     if ckpt_path.parent.is_file():
         raise DataError(ckpt_path.parent, "is a file; the output of a training is a directory")
+    if not ckpt_path.exists():
+        return None
     state = load_checkpoint(ckpt_path)
-    if state["config_hash"] != cfg.hash() or "optimizer" not in state:
+    if state["config_hash"] != identity or "optimizer" not in state:
         raise DataError(ckpt_path.parent, f"holds the training of another config ({state['config_hash']}, this one "
-                                          f"is {cfg.hash()}); use a fresh output directory")
+                                          f"is {identity}); use a fresh output directory")
     return state
 
 
@@ -533,24 +667,27 @@ def checkpoint_config(state: dict, path: str | Path) -> Config:
         raise DataError(path, f"its config is not one this version reads ({e})") from None
 
 
-def evaluate(cfg: Config, checkpoint: str | Path, split: str = "test", *, encoder_cache: str | Path | None = None,
-             device: str | None = None, save_predictions: Path | None = None) -> dict[str, Any]:
-    """Evaluate a checkpoint of :func:`fit` on ``split`` ("test" or "val"): the dict written as JSON by the
-    CLI, with per-action P1/P2 (and PCK/AUC on MPI-INF-3DHP), parameters and FLOPs per pose."""
+def evaluate(cfg: Config, checkpoint: str | Path, split: str = "test", *, device: str | None = None,
+             save_predictions: Path | None = None) -> dict[str, Any]:
+    """Evaluate a checkpoint of :func:`fit` on ``split`` ("test" or "val") as ``cfg`` says (the checkpoint's
+    config, evaluation keys aside: :meth:`Config.for_evaluation`): the dict written as JSON by the CLI, with
+    per-action P1/P2 (and PCK/AUC on MPI-INF-3DHP), parameters and FLOPs per pose."""
     dev = pick_device(device or cfg.train.device)
     set_threads(cfg.train.threads)
     state = load_checkpoint(checkpoint, dev)
     store = PoseStore.open(cfg.data.store)
     rows = splits(cfg, store)
     sampler = Sampler(store, frames=cfg.data.frames, kernels=cfg.data.kernels, device=dev)
-    cache = Path(encoder_cache) if encoder_cache else Path(checkpoint).parent.parent / "encoders"
-    lifter = build_lifter(cfg, store, rows.train, device=dev, encoder_cache=cache, train_encoder=False)
+    lifter = build_lifter(cfg, encoder_network(cfg) if cfg.uses_encoder else None)
     try:
         lifter.load_state_dict(state["model"])
     except RuntimeError as e:
         raise DataError(checkpoint, f"its weights do not fit {cfg.model.lifter} as configured "
                                     f"({str(e).splitlines()[0]})") from None
-    lifter.to(dev)
+    lifter = sampled(lifter.to(dev), cfg)
+    if isinstance(lifter, Sampled) and lifter.method == "residual":
+        val = predict_rows(lifter.lifter, sampler, rows.val, cfg, generator_seed=cfg.train.seed)
+        lifter.fit_residuals(val["target"] - val["pose"])
     t0 = time.perf_counter()
     chosen = {"test": rows.test, "val": rows.val}[split]
     result = evaluate_rows(lifter, sampler, store, chosen, cfg, generator_seed=cfg.train.seed,
@@ -570,8 +707,8 @@ def evaluate(cfg: Config, checkpoint: str | Path, split: str = "test", *, encode
                      "eval_stride": cfg.data.eval_stride,
                      "mpjve": "mm/frame over consecutive evaluated frames of a clip, mean of per-action "
                               "means",
-                     "hypotheses": cfg.diffusion.hypotheses if cfg.model.lifter == "diffpose" else 1,
-                     "aggregation": cfg.diffusion.aggregate, "p1": "MPJPE, mean of per-action means",
+                     "hypotheses": cfg.sample.hypotheses, "sampling": cfg.sample.method,
+                     "aggregation": cfg.sample.aggregate, "p1": "MPJPE, mean of per-action means",
                      "p2": "P-MPJPE (per-sample Procrustes), mean of per-action means"},
     })
     return result

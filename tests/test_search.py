@@ -616,8 +616,6 @@ def test_a_killed_search_resumes_from_its_storage_without_counting_a_trial_twice
 @pytest.mark.slow
 @pytest.mark.cluster
 def test_the_exported_config_with_the_same_seed_reproduces_the_best_validation_metric(killed_search, tmp_path):
-    from diffpose.data.store import PoseStore
-    from diffpose.lifters import ensure_encoder, needs_encoder
     from diffpose.train import fit
 
     study = optuna.load_study(study_name="k", storage=killed_search.url)
@@ -637,10 +635,8 @@ def test_the_exported_config_with_the_same_seed_reproduces_the_best_validation_m
     suite = load_suite(apply_overrides(suite_file, export, tmp_path / "suites"))
     (trial,) = suite.trials()
     assert trial.config.hash() == search.config(study.best_trial.params).hash()
-    cache = tmp_path / "encoders"                                   # from scratch: a fresh encoder cache too
-    if needs_encoder(trial.config):
-        ensure_encoder(trial.config.encoder_config(), PoseStore.open(trial.config.data.store), cache, progress=False)
-    result = fit(trial.config, tmp_path / "run", encoder_cache=cache, progress=False)
+    # From scratch, a fresh encoder cache too: fit trains the encoder first, then seeds its own training.
+    result = fit(trial.config, tmp_path / "run", cache=tmp_path / "encoders", progress=False)
     assert min(h["val_p1"] for h in result.history) == pytest.approx(study.best_value, abs=1e-4)
 
 

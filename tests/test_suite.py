@@ -68,7 +68,9 @@ BAD = [  # (case, (old, new) replacements in the valid text or text to append, t
     ("unknown variant", ('"no_gmm"', '"no_gmmm"'), "suite.variants"),
     ("unknown axis", ("steps = [2]", "step = [2]"), "axes.step"),
     ("steps the config rejects", ("steps = [2]", "steps = [500]"), "diffusion.steps"),
-    ("hypotheses the config rejects", ("hypotheses = [3]", "hypotheses = [0]"), "diffusion.hypotheses"),
+    ("hypotheses the config rejects", ("hypotheses = [3]", "hypotheses = [0]"), "sample.hypotheses"),
+    ("training key for an inference-only variant", ('"graformer"]', '"graformer", "mc_dropout"]\n[variant.mc_dropout]'
+                                                    '\ntrain.lr = 1e-3'), "train.lr"),
     ("kernels the config rejects", ("kernels = [1]", "kernels = [-1]"), "data.kernels"),
     ("unknown config key in base", ("train.epochs = 2", "train.epochz = 2"), "train.epochz"),
     ("wrong config type in base", ("train.epochs = 2", 'train.epochs = "two"'), "train.epochs"),
@@ -139,8 +141,8 @@ def test_demo_suite_trials_match_its_file():
             assert t.eval_config.diffusion.steps == k
         elif t.variant.startswith("hypotheses="):
             n = int(t.value)
-            assert t.axis == "hypotheses" and t.eval_only and t.eval_overrides == {"diffusion.hypotheses": n}
-            assert t.eval_config.diffusion.hypotheses == n
+            assert t.axis == "hypotheses" and t.eval_only and t.eval_overrides == {"sample.hypotheses": n}
+            assert t.eval_config.sample.hypotheses == n
             assert t.config == by_name[f"{t.dataset}/full/seed{t.seed}"].config  # full's weights
         else:
             assert not t.eval_only and (t.axis, t.value) == VARIANTS[t.variant][:2]
@@ -175,7 +177,7 @@ def test_inference_only_axes_reuse_the_training_config_of_full(tmp_path, fake_st
     trials = {t.variant: t for t in load_suite(_write(tmp_path, _suite_text(fake_store))).trials()}
     full = trials["full"]
     for variant, key, value in (("steps=2", "diffusion.steps", 2),
-                                ("hypotheses=3", "diffusion.hypotheses", 3)):
+                                ("hypotheses=3", "sample.hypotheses", 3)):
         t = trials[variant]
         assert t.eval_only and t.config.hash() == full.config.hash() and t.id != full.id
         changed = {k for k, v in t.eval_config.flatten().items() if full.config.flatten()[k] != v}
@@ -184,6 +186,48 @@ def test_inference_only_axes_reuse_the_training_config_of_full(tmp_path, fake_st
     kernels = trials["kernels=1"]  # a training axis: its own weights
     assert not kernels.eval_only and kernels.config.hash() != full.config.hash()
     assert kernels.config.data.kernels == 1
+
+
+def test_inference_only_variants_evaluate_the_weights_of_the_variant_they_name(tmp_path, fake_store):
+    text = _suite_text(fake_store).replace('"graformer"]', '"graformer", "no_heatmap_init", "mc_dropout", '
+                                           '"gaussian_residual"]')
+    text += "\n[variant.mc_dropout]\nsample.hypotheses = 10\n"
+    trials = {t.variant: t for t in load_suite(_write(tmp_path, text)).trials()}
+    for variant, parent, overrides in (
+        ("no_heatmap_init", "full", {"diffusion.heatmap_init": False}),
+        ("mc_dropout", "graformer", {"sample.method": "mc_dropout", "sample.hypotheses": 10}),
+        ("gaussian_residual", "graformer", {"sample.method": "residual"}),
+    ):
+        t = trials[variant]
+        assert t.eval_only and t.eval_overrides == overrides
+        assert t.config == trials[parent].config and t.training == trials[parent].training
+        assert t.id != trials[parent].id
+
+
+def test_one_training_serves_a_baseline_and_the_encoder_it_equals(tmp_path, fake_store):
+    suite = load_suite(_write(tmp_path, _suite_text(fake_store)))
+    trials = suite.trials()
+    graformer = next(t for t in trials if t.variant == "graformer")
+    full = next(t for t in trials if t.variant == "full")
+    # [base] sets train.epochs = 2 for every training, the encoders' too: the encoder is the baseline.
+    assert full.config.encoder_config().identity("fp") == graformer.config.identity("fp")
+    assert full.config.encoder_config().train == graformer.config.train
+    assert suite.encoder_trials(trials) == [], "the baseline trains the encoder; no second training"
+    solo = load_suite(_write(tmp_path, _suite_text(fake_store).replace(', "graformer"]', "]"), "solo.toml"))
+    [encoder] = solo.encoder_trials(solo.trials())
+    assert encoder.training == graformer.training and encoder.stage == "encoder"
+
+
+def test_trial_ids_follow_the_stores_content_not_its_path(tmp_path, fake_store):
+    import dataclasses
+
+    here = load_suite(_write(tmp_path, _suite_text(fake_store))).trials()
+    moved = tmp_path / "moved"
+    fake_store.rename(moved)
+    there = load_suite(_write(tmp_path, _suite_text(moved), "moved.toml")).trials()
+    assert [t.id for t in here] == [t.id for t in there]
+    other = [dataclasses.replace(t, fingerprint="0" * 64).id for t in there]
+    assert set(other).isdisjoint(t.id for t in there)
 
 
 def test_an_axis_value_equal_to_full_is_not_a_second_trial(tmp_path, fake_store):

@@ -303,6 +303,25 @@ def _table(col: dict, kernels: int) -> pa.Table:
 # ---------------------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------------------
+def store_meta(path: str | Path) -> dict:
+    """A store's meta.json (its facts and content fingerprint), checked; without reading its rows."""
+    path = Path(path)
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        raise DataError(path, "not a store (no meta.json); run `diffpose-bench prepare` first")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(meta_path, f"unreadable ({e}); prepare the store again") from e
+    if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
+        version = meta.get("schema_version") if isinstance(meta, dict) else None
+        raise DataError(meta_path, f"schema version {version} != {SCHEMA_VERSION}; prepare the store again")
+    missing = [k for k in _META_KEYS if k not in meta]
+    if missing:
+        raise DataError(meta_path, f"missing {missing}; prepare the store again")
+    return meta
+
+
 @dataclass(frozen=True)
 class PoseStore:
     """A store loaded into memory as numpy arrays (N rows)."""
@@ -328,19 +347,7 @@ class PoseStore:
     @classmethod
     def open(cls, path: str | Path) -> PoseStore:
         path = Path(path)
-        meta_path = path / META_FILE
-        if not meta_path.is_file():
-            raise DataError(path, "not a store (no meta.json); run `diffpose-bench prepare` first")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise DataError(meta_path, f"unreadable ({e}); prepare the store again") from e
-        if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
-            version = meta.get("schema_version") if isinstance(meta, dict) else None
-            raise DataError(meta_path, f"schema version {version} != {SCHEMA_VERSION}; prepare the store again")
-        missing = [k for k in _META_KEYS if k not in meta]
-        if missing:
-            raise DataError(meta_path, f"missing {missing}; prepare the store again")
+        meta = store_meta(path)
         cols = ["subject", "action", "action_class", "camera", "frame", "clip", "valid",
                 "pose_2d", "gmm_2d", "pose_3d"]
         try:
