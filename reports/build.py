@@ -37,8 +37,10 @@ from reports.results import (
 )
 from reports.search import SearchSection, search_sections
 from reports.tables import (
+    NOT_CONVERGED,
     Table,
     all_tables,
+    converged_runs,
     load_published,
     tex_escape,
     to_markdown,
@@ -69,6 +71,15 @@ class ReportSummary:
     warnings: list[str] = field(default_factory=list)
     message: str = ""                                 # set when there was nothing to report
     sections: list[str] = field(default_factory=list)  # search sections (titles)
+    unconverged: int = 0                              # finished trials trained short of convergence (†)
+
+    @property
+    def first_line(self) -> str:
+        """The report's title, which says so when a run of its tables did not converge."""
+        if not self.unconverged:
+            return "diffpose-bench report"
+        return (f"diffpose-bench report: {self.unconverged} of {self.runs} runs trained short of convergence "
+                f"({NOT_CONVERGED} in the tables), not final numbers")
 
     @property
     def ok(self) -> bool:
@@ -149,7 +160,7 @@ def _spread_series(runs: pd.DataFrame, find: ArtifactFinder, warn: list[str]
                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-joint (error, spread) in mm per multi-hypothesis run: one series per variant and seed (seeds are not
     pooled: one seed's hypotheses may spread ten times wider than another's, which pooled bins would hide)."""
-    n = column(runs, param("diffusion.hypotheses")).fillna(1).astype(int)
+    n = column(runs, param("sample.hypotheses")).fillna(1).astype(int)
     multi = runs[(trial_lifter(runs) == "diffpose") & (n > 1)]
     if multi.empty:
         warn.append("no multi-hypothesis (N > 1) runs: no spread-vs-error figure")
@@ -196,6 +207,11 @@ def _plots(runs: pd.DataFrame, find: ArtifactFinder, warn: list[str]) -> list[fi
     spread = figs.spread_figure(_spread_series(runs, find, warn))
     if spread is not None:
         plots.append(spread)
+    curves = figs.learning_curves_figure(runs)
+    if curves is None:
+        warn.append("no run logged validation curves: no learning-curve figure")
+    else:
+        plots.append(curves)
     return plots
 
 
@@ -229,6 +245,7 @@ def _build(frame: pd.DataFrame, out_dir: Path, parquet: Path | None, source: str
         for table in tables:
             summary.paths += write_table(table, table_dir)
             summary.tables.append(table.name)
+        summary.unconverged = int((~converged_runs(runs)).sum())
         plots = _plots(runs, find, summary.warnings) if find is not None else []
         for plot in plots:
             summary.paths += figs.save(plot, figure_dir)
@@ -248,7 +265,7 @@ def _header(source: str, summary: ReportSummary) -> str:
 
 def _write_markdown(out_dir: Path, source: str, summary: ReportSummary, tables: list[Table],
                     plots: list[figs.Plot], sections: list[SearchSection]) -> Path:
-    lines = ["# diffpose-bench report", "", _header(source, summary), ""]
+    lines = [f"# {summary.first_line}", "", _header(source, summary), ""]
     if summary.message:
         lines += [f"**{summary.message}**", ""]
     if summary.warnings:
@@ -278,7 +295,7 @@ def _write_latex(out_dir: Path, source: str, summary: ReportSummary, tables: lis
              r"\usepackage{booktabs}",
              r"\usepackage{graphicx}",
              r"\begin{document}",
-             r"\section*{diffpose-bench report}",
+             r"\section*{" + tex_escape(summary.first_line) + "}",
              tex_escape(_header(source, summary)) + r"\par"]
     if summary.message:
         lines.append(r"\medskip\noindent\textbf{" + tex_escape(summary.message) + "}")

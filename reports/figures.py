@@ -3,7 +3,8 @@
 - P1 against the diffusion steps K (mean and 95 % CI over seeds),
 - P1 per action, grouped bars per method (mean +- sd over seeds),
 - accuracy against inference speed (poses/s, log scale),
-- per-joint error against per-joint hypothesis spread (the paper's reliability claim, measured).
+- per-joint error against per-joint hypothesis spread (the paper's reliability claim, measured),
+- learning curves: validation P1 per epoch of every training, converged or not.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, ScalarFormatter
 from scipy import stats
 
-from reports.results import column, describe_protocol, metric, param, tag
+from reports.results import CURVE, column, describe_protocol, metric, param, tag
 from reports.tables import (
     COMPARISON_AXES,
     DATASET_NAMES,
     H36M_ACTIONS,
     H36M_SHORT,
+    NOT_CONVERGED,
+    converged_runs,
     dataset_order,
     protocol_groups,
     trial_axis,
@@ -255,3 +258,42 @@ def spread_figure(series: dict[str, tuple[np.ndarray, np.ndarray]], bins: int = 
     return Plot("spread_vs_error", f"Per-joint error against per-joint hypothesis spread ({bins} equal-count "
                 "bins of spread, mean and 95% CI of the error per bin; root joint excluded). Pearson r over "
                 "all joints and test poses.", fig)
+
+
+def learning_curves_figure(runs: pd.DataFrame) -> Plot | None:
+    """Validation P1 per epoch, one line per training (runs that share one, like the K and N values of full's
+    weights, draw it once), one panel per dataset; colour by variant, a dashed line for a training short of
+    convergence."""
+    curves = column(runs, CURVE)
+    have = runs[curves.map(lambda c: c is not None and len(c) > 0)]
+    if have.empty:
+        return None
+    key = column(have, param("trial.training")).fillna(have["run_id"]).astype(str)
+    have = have[~key.duplicated()]
+    datasets = column(have, param("trial.dataset")).astype(str)
+    order = dataset_order(datasets.unique())
+    with _style():
+        fig, axes = _figure(max(6.5, 5.2 * len(order)), 4.2, ncols=len(order))
+        for ax, ds in zip(axes, order, strict=True):
+            sub = have[datasets == ds]
+            labels = variant_rows(sub, [], "curves")
+            palette = sns.color_palette("tab10", n_colors=max(len(labels), 1))
+            for colour, (label, part) in zip(palette, labels, strict=False):
+                done = converged_runs(part)
+                for (_, run), ok in zip(part.iterrows(), done, strict=True):
+                    values = np.asarray(run[CURVE], dtype=float)
+                    ax.plot(np.arange(1, len(values) + 1), values, color=colour, lw=1.2,
+                            ls="-" if ok else "--", label=label)
+            handles, names = ax.get_legend_handles_labels()
+            unique = dict(zip(names, handles, strict=True))        # one entry per variant, not per seed
+            ax.legend(unique.values(), unique.keys(), fontsize="small", ncols=2 if len(unique) > 6 else 1)
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.0f}"))
+            ax.set_title(_dataset_label(ds))
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("validation P1 (mm)")
+        fig.suptitle("Learning curves: validation P1 per epoch (dashed: not converged)")
+    return Plot("learning_curves", "Validation P1 per epoch of every training (one line per training and seed, "
+                f"colour by variant); dashed lines stopped short of convergence ({NOT_CONVERGED} in the "
+                "tables). Model selection uses these validation subjects only.", fig)

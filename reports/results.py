@@ -3,7 +3,9 @@
 One row per trial run. Columns keep MLflow's prefixes so that every name says where it came from:
 ``run_id``, ``status``, ``artifact_uri``, ``start_time``, ``end_time``, ``params.<dotted config key>``
 (typed back from MLflow's strings: ints, floats and bools as the config declares them),
-``metrics.<name>`` (float; per-action metrics are ``metrics.test_p1.<Action>``) and ``tags.<name>``.
+``metrics.<name>`` (float; per-action metrics are ``metrics.test_p1.<Action>``), ``tags.<name>`` and
+``curve.val_p1``, the validation P1 per epoch of the training the run logged (a list; empty for a run that
+evaluates weights another run trained).
 The Parquet file carries :data:`SCHEMA_VERSION` in its metadata; reading a file written by another
 version is an error that says how to rebuild it.
 """
@@ -29,6 +31,7 @@ SCHEMA_VERSION = 1
 VERSION_KEY = b"diffpose.results.schema_version"
 
 PARAM, METRIC, TAG = "params.", "metrics.", "tags."
+CURVE = "curve.val_p1"   # the learning curve: validation P1 (mm) per epoch, epochs 1, 2, ...
 
 # Fields that define an evaluation protocol: rows that differ in one of them never share a ranking silently.
 PROTOCOL_FIELDS = ("dataset", "detector", "frames", "eval_mode", "flip_test", "hypotheses", "aggregate")
@@ -140,8 +143,21 @@ def pull_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
     has_dataset = runs.get(param("trial.dataset"), pd.Series(None, index=runs.index)).notna()
     trials = runs[(role == "trial") | (role.isna() & has_dataset)]
     log.info("pulled %d trial runs (%d runs in all) of experiment %r", len(trials), len(runs), experiment)
-    trials = trials.drop(columns=[c for c in ("experiment_id",) if c in trials.columns])
-    return type_params(trials.reset_index(drop=True)).sort_values("run_id", ignore_index=True)
+    trials = trials.drop(columns=[c for c in ("experiment_id",) if c in trials.columns]).reset_index(drop=True)
+    trials[CURVE] = learning_curves(tracking_uri, list(trials["run_id"]))
+    return type_params(trials).sort_values("run_id", ignore_index=True)
+
+
+def learning_curves(tracking_uri: str, run_ids: list[str]) -> list[list[float]]:
+    """Per run, the validation P1 it logged per epoch (step = epoch), in epoch order."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    curves = []
+    for run_id in run_ids:
+        history = {m.step: m.value for m in client.get_metric_history(run_id, "val_p1")}
+        curves.append([history[e] for e in sorted(history)])
+    return curves
 
 
 # ---- Parquet -----------------------------------------------------------------------------------------------
@@ -231,16 +247,17 @@ def actions(frame: pd.DataFrame, stem: str = "test_p1") -> list[str]:
 
 def protocol(row: pd.Series) -> dict[str, Any]:
     """The evaluation protocol of a run: dataset, 2D detector, frames T (with T > 1, the evaluation mode),
-    flip test, and for DiffPose the hypotheses N and (when N > 1) the aggregation. A baseline lifter has no
-    hypotheses (None)."""
+    flip test, and for DiffPose and sampled baselines the hypotheses N and (when N > 1) the aggregation. A
+    deterministic baseline has no hypotheses (None)."""
     def get(key: str) -> Any:
         value = row.get(param(key))
         return None if value is None or pd.isna(value) else value
 
     lifter = get("model.lifter") or "diffpose"
     frames = int(get("data.frames")) if get("data.frames") is not None else None
-    n = get("diffusion.hypotheses") if lifter == "diffpose" else None
-    n = int(n) if n is not None else (1 if lifter == "diffpose" else None)
+    samples = lifter == "diffpose" or (get("sample.method") or "model") != "model"
+    n = get("sample.hypotheses") if samples else None
+    n = int(n) if n is not None else (1 if samples else None)
     return {
         "dataset": get("trial.dataset"),
         "detector": get("trial.detector"),
@@ -249,7 +266,7 @@ def protocol(row: pd.Series) -> dict[str, Any]:
         "eval_mode": get("data.eval_mode") if frames is not None and frames > 1 else None,
         "flip_test": bool(get("data.flip_test")) if get("data.flip_test") is not None else None,
         "hypotheses": n,
-        "aggregate": get("diffusion.aggregate") if n is not None and n > 1 else None,
+        "aggregate": get("sample.aggregate") if n is not None and n > 1 else None,
     }
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from diffpose.train import CONVERGENCE_MIN_EPOCHS, CONVERGENCE_TOLERANCE
 from reports.results import (
     PARAM,
     PROTOCOL_FIELDS,
@@ -45,14 +46,15 @@ H36M_SHORT = dict(zip(H36M_ACTIONS, ("Dir", "Disc", "Eat", "Greet", "Phone", "Ph
 DATASET_ORDER = ("h36m", "mpi3dhp", "mocap17")
 DATASET_NAMES = {"h36m": "Human3.6M", "mpi3dhp": "MPI-INF-3DHP", "mocap17": "mocap17 (CMU stand-in)"}
 LIFTER_NAMES = {"diffpose": "DiffPose", "graformer": "GraFormer", "simple_baseline": "SimpleBaseline",
-                "semgcn": "SemGCN", "videopose3d": "VideoPose3D", "mixste": "MixSTE"}
+                "semgcn": "SemGCN", "videopose3d": "VideoPose3D", "mixste": "MixSTE",
+                "mean_pose": "Mean training pose (reference)"}
 
 # Variants shown in the comparison tables; the ablation axes get their own tables.
-COMPARISON_AXES = ("full", "baseline", "mode", "unknown")
+COMPARISON_AXES = ("full", "baseline", "reference", "mode", "unknown")
 ABLATION_AXES = ("gmm", "context", "heatmap_init", "mode", "steps", "kernels", "hypotheses")
 AXIS_PARAM = {"gmm": "diffusion.gmm", "context": "diffusion.context",
               "heatmap_init": "diffusion.heatmap_init", "mode": "diffusion.mode", "steps": "diffusion.steps",
-              "kernels": "data.kernels", "hypotheses": "diffusion.hypotheses"}
+              "kernels": "data.kernels", "hypotheses": "sample.hypotheses"}
 AXIS_TITLES = {"gmm": ("GMM-based forward diffusion", "GMM"), "context": ("context encoder", "Context"),
                "heatmap_init": ("heatmap (2D-uncertainty) initialisation", "Heatmap init"),
                "mode": ("paper method vs released-code refiner", "Mode"),
@@ -60,7 +62,8 @@ AXIS_TITLES = {"gmm": ("GMM-based forward diffusion", "GMM"), "context": ("conte
                "hypotheses": ("hypotheses N", "N")}
 
 MISSING = "–"
-UNVERIFIED = "†"
+NOT_CONVERGED = "†"
+UNVERIFIED = "*"
 INPUT_UNSTATED = "‡"
 
 
@@ -92,7 +95,8 @@ class Row:
     section: str = ""                # "Published", "Measured here", "Oracle ..." (a rule between sections)
     group: str = ""                  # rows ranked together within a panel (ablations: dataset + protocol)
     ranked: bool = True              # oracle rows never take part in the ranking
-    marks: tuple[str, ...] = ()      # footnote marks after the label: source letters, † unverified
+    marks: tuple[str, ...] = ()      # footnote marks after the label: source letters, * unverified,
+                                     # † not converged
 
 
 @dataclass
@@ -105,6 +109,7 @@ class Table:
     notes: list[str] = field(default_factory=list)
     partial: list[str] = field(default_factory=list)   # "1 run missing test_p2"
     kind: str = ""                   # "comparison" | "mpi3dhp" | "ablation" | "cost"
+    unconverged: list[str] = field(default_factory=list)  # "label (epochs)" of the rows marked †
 
     @property
     def caption(self) -> str:
@@ -168,6 +173,43 @@ def rank_cells(table: Table) -> Table:
     return table
 
 
+# ---- convergence --------------------------------------------------------------------------------------------
+
+def converged_runs(runs: pd.DataFrame) -> pd.Series:
+    """Per run: whether its training converged by the project's rule (diffpose.train.converged); a run that
+    did not log it counts as not converged."""
+    return pd.to_numeric(column(runs, metric("converged")), errors="coerce").fillna(0.0) == 1.0
+
+
+def epochs_text(runs: pd.DataFrame) -> str:
+    """The epochs the runs trained, "3" or "3-5" ("?" where not logged)."""
+    epochs = pd.to_numeric(column(runs, metric("epochs_trained")), errors="coerce").dropna().astype(int)
+    if epochs.empty:
+        return "?"
+    lo, hi = int(epochs.min()), int(epochs.max())
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def _mark_convergence(row: Row, runs: pd.DataFrame, table: list[str]) -> Row:
+    """Give ``row`` the † of a row trained short of convergence and note it in ``table`` (once per label)."""
+    if converged_runs(runs).all():
+        return row
+    row.marks = (*row.marks, NOT_CONVERGED)
+    entry = f"{row.label} ({epochs_text(runs)} epochs)"
+    if entry not in table:
+        table.append(entry)
+    return row
+
+
+def convergence_note(unconverged: list[str]) -> list[str]:
+    if not unconverged:
+        return []
+    return [f"{NOT_CONVERGED} trained short of convergence by the project's rule (diffpose.train.converged: "
+            f"after {CONVERGENCE_MIN_EPOCHS} epochs or more, the best validation value of the last quarter of "
+            f"the epochs improves on the best before it by less than {CONVERGENCE_TOLERANCE:.0%}): "
+            + "; ".join(unconverged) + "."]
+
+
 # ---- inputs ------------------------------------------------------------------------------------------------
 
 def load_published(path: Path = PUBLISHED_CSV) -> pd.DataFrame:
@@ -227,6 +269,8 @@ def _seed(frame: pd.DataFrame) -> pd.Series:
 
 
 def run_label(variant: str, lifter: str, axis: str) -> str:
+    if axis == "probabilistic":
+        return f"{LIFTER_NAMES.get(lifter, lifter)} ({variant.replace('_', ' ')})"
     if axis == "baseline" or lifter != "diffpose":
         return LIFTER_NAMES.get(lifter, variant)
     return "DiffPose" if variant == "full" else f"DiffPose ({variant})"
@@ -373,8 +417,7 @@ def _notes_for_published(published: pd.DataFrame, marks: dict[str, str]) -> list
         if extra:
             notes.append("Notes on published rows: " + "; ".join(extra) + ".")
         if not published["verified"].astype(bool).all():
-            notes.append(f"{UNVERIFIED} unverified number (third-party summary or recollection); "
-                         "treat with care.")
+            notes.append(f"{UNVERIFIED} not verified in its primary source (see its source); treat with care.")
         if (published["input"] == "").any():
             notes.append(f"{INPUT_UNSTATED} the source does not state the 2D input.")
     return notes
@@ -439,14 +482,16 @@ def _action_table(runs: pd.DataFrame, proto: dict[str, Any], published: pd.DataF
     marks = _source_marks(pub)
     rows: list[Row] = []
     missing: dict[str, int] = {}
+    unconverged: list[str] = []
     measured = variant_rows(runs, warn, name)
-    multi = column(runs, param("diffusion.hypotheses")).fillna(1).astype(int) > 1
+    multi = column(runs, param("sample.hypotheses")).fillna(1).astype(int) > 1
     for stem, panel in panels.items():
         keys = {a: f"test_{stem}.{a}" for a in acts} | {"avg": f"test_{stem}"}
         fair = pub[(pub["protocol"] == stem) & ~pub["oracle"].astype(bool)]
         rows += _published_rows(fair, panel, {a: a for a in acts} | {"avg": "avg"}, "Published", marks, True)
         for label, part in measured:
-            rows.append(Row(label, _measured_cells(part, keys), panel=panel, section="Measured here"))
+            row = Row(label, _measured_cells(part, keys), panel=panel, section="Measured here")
+            rows.append(_mark_convergence(row, part, unconverged))
             for k, n in _missing(part, keys.values()).items():
                 missing[k] = missing.get(k, 0) + n
         oracle_pub = pub[(pub["protocol"] == stem) & pub["oracle"].astype(bool)]
@@ -455,8 +500,8 @@ def _action_table(runs: pd.DataFrame, proto: dict[str, Any], published: pd.DataF
         for label, part in measured if best else ():
             if multi[part.index].any() and column(part, metric(best)).notna().any():
                 cells = _measured_cells(part, {"avg": best})
-                rows.append(Row(f"{label}, best of N (oracle)", cells, panel=panel, section="Oracle",
-                                ranked=False))
+                row = Row(f"{label}, best of N (oracle)", cells, panel=panel, section="Oracle", ranked=False)
+                rows.append(_mark_convergence(row, part, unconverged))
     n_runs = len(runs)
     notes = [f"Protocol of the measured rows: {describe_protocol(proto)}; mean ± std over n seeds "
              f"({n_runs} run{'s' if n_runs != 1 else ''}); Avg is the mean of the per-action means; "
@@ -473,10 +518,11 @@ def _action_table(runs: pd.DataFrame, proto: dict[str, Any], published: pd.DataF
     if any(r.section == "Oracle" for r in rows):
         notes.append("Oracle rows pick, per pose, the hypothesis closest to the ground truth "
                      "(J-Best/P-Best): not comparable with the other rows and never ranked.")
-    notes += _notes_for_published(pub, marks)
+    notes += _notes_for_published(pub, marks) + convergence_note(unconverged)
     metrics_named = "P1, P2 and MPJVE" if "mpjve" in panels else "P1 and P2"
     title = f"{DATASET_NAMES.get(ds, ds)}: comparison per action ({metrics_named})"
-    return Table(name, title, "Method", columns, rows, notes, _partial_text(missing), kind="comparison")
+    return Table(name, title, "Method", columns, rows, notes, _partial_text(missing), kind="comparison",
+                 unconverged=unconverged)
 
 
 def _actions_of(runs: pd.DataFrame, stem: str) -> list[str]:
@@ -498,8 +544,10 @@ def _mpi3dhp_table(runs: pd.DataFrame, proto: dict[str, Any], published: pd.Data
     rows = _published_rows(merged, "", {k: k for k in ("pck", "auc", "mpjpe")}, "Published", marks, True)
     keys = {"pck": "test_pck", "auc": "test_auc", "mpjpe": "test_mpjpe"}
     missing: dict[str, int] = {}
+    unconverged: list[str] = []
     for label, part in variant_rows(runs, warn, name):
-        rows.append(Row(label, _measured_cells(part, keys), section="Measured here"))
+        rows.append(_mark_convergence(Row(label, _measured_cells(part, keys), section="Measured here"), part,
+                                      unconverged))
         for k, n in _missing(part, keys.values()).items():
             missing[k] = missing.get(k, 0) + n
     notes = [f"Protocol of the measured rows: {describe_protocol(proto)}; TS1-TS6 valid frames; "
@@ -507,9 +555,10 @@ def _mpi3dhp_table(runs: pd.DataFrame, proto: dict[str, Any], published: pd.Data
              "per column.",
              f"Published rows: {frame_class(proto['frames'])} methods with the same 2D input ({kind}), or "
              f"input and frames not stated ({INPUT_UNSTATED})."]
-    notes += _notes_for_published(pub, marks)
+    notes += _notes_for_published(pub, marks) + convergence_note(unconverged)
     title = "MPI-INF-3DHP: PCK, AUC and MPJPE"
-    return Table(name, title, "Method", columns, rows, notes, _partial_text(missing), kind="mpi3dhp")
+    return Table(name, title, "Method", columns, rows, notes, _partial_text(missing), kind="mpi3dhp",
+                 unconverged=unconverged)
 
 
 def _one_row_per_method(published: pd.DataFrame, protocols: tuple[str, ...]) -> pd.DataFrame:
@@ -585,6 +634,7 @@ def _ablation_table(axis: str, groups: list[tuple[dict[str, Any], pd.DataFrame]]
     missing: dict[str, int] = {}
     notes: list[str] = []
     reasons: list[str] = []
+    unconverged: list[str] = []
     for proto, runs in groups:
         ds = proto["dataset"]
         dlabel = ds if per_dataset[ds] == 1 else f"{ds} ({describe_protocol(proto, fields[1:])})"
@@ -619,7 +669,7 @@ def _ablation_table(axis: str, groups: list[tuple[dict[str, Any], pd.DataFrame]]
                     cells |= paired
                     if reason:
                         reasons.append(f"{label} on {dlabel}: {reason}")
-                rows.append(Row(label, cells, group=group))
+                rows.append(_mark_convergence(Row(label, cells, group=group), part, unconverged))
                 for k, n in _missing(part, ("test_p1", "test_p2")).items():
                     missing[k] = missing.get(k, 0) + n
     notes.insert(0, "ΔP1: mean over seeds of (variant − full) P1, paired by trial.seed; positive = a higher "
@@ -631,8 +681,9 @@ def _ablation_table(axis: str, groups: list[tuple[dict[str, Any], pd.DataFrame]]
     if axis == "hypotheses":
         notes.append("J-Best (oracle): per pose, the hypothesis closest to the ground truth; not comparable "
                      "with P1 and never ranked.")
+    notes += convergence_note(unconverged)
     return Table(name, f"Ablation: {title}", "Variant", columns, rows, notes, _partial_text(missing),
-                 kind="ablation")
+                 kind="ablation", unconverged=unconverged)
 
 
 def _per_seed(runs: pd.DataFrame, name: str) -> pd.Series:
@@ -676,6 +727,7 @@ def cost_table(runs: pd.DataFrame) -> tuple[list[Table], list[str]]:
                     Column(f"speed_{t}", f"Poses/s ({t})", digits=0)]
     rows: list[Row] = []
     missing: dict[str, int] = {}
+    unconverged: list[str] = []
     datasets = column(runs, param("trial.dataset")).astype(str)
     for ds in dataset_order(datasets.unique()):
         sub = runs[datasets == ds]
@@ -689,7 +741,7 @@ def cost_table(runs: pd.DataFrame) -> tuple[list[Table], list[str]]:
                 scale = 60.0 if in_minutes else 3600.0
                 cells[f"train_{t}"] = summary(column(on, metric("train_seconds")).astype(float) / scale)
                 cells[f"speed_{t}"] = summary(column(on, metric("test_poses_per_second")))
-            rows.append(Row(label, cells, group=ds, ranked=False))
+            rows.append(_mark_convergence(Row(label, cells, group=ds, ranked=False), part, unconverged))
             for k, n in _missing(part, ("params", "flops_per_pose", "train_seconds",
                                          "test_poses_per_second")).items():
                 missing[k] = missing.get(k, 0) + n
@@ -701,9 +753,10 @@ def cost_table(runs: pd.DataFrame) -> tuple[list[Table], list[str]]:
              "(the context encoder's not included; K and N rows evaluate full DiffPose's weights and show "
              "their training); Poses/s: inference throughput on the test split; both per device type (– "
              "where a variant has no run on that device type).",
-             f"Epochs: {', '.join(epochs) or 'not logged'}; devices: {', '.join(names) or 'not logged'}."]
+             f"Epochs at most: {', '.join(epochs) or 'not logged'}; devices: {', '.join(names) or 'not logged'}."]
     table = Table("cost", "Cost: parameters, FLOPs, training time and inference speed", "Variant", columns,
-                  rows, notes, _partial_text(missing), kind="cost")
+                  rows, notes + convergence_note(unconverged), _partial_text(missing), kind="cost",
+                  unconverged=unconverged)
     return [table], warn
 
 

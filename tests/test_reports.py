@@ -33,6 +33,8 @@ from reports.results import (
 )
 from reports.tables import (
     H36M_ACTIONS,
+    NOT_CONVERGED,
+    UNVERIFIED,
     all_tables,
     load_published,
     paired_test,
@@ -53,10 +55,10 @@ MOCAP_TRIALS = [
     ("steps=2", "steps", "2", {"diffusion.steps": 2}, (44.0, 45.5)),
     ("steps=5", "steps", "5", {"diffusion.steps": 5}, (41.0, 42.5)),
     ("refiner", "mode", "refiner", {"diffusion.mode": "refiner", "diffusion.steps": 2}, (39.0, 41.6)),
-    ("hypotheses=5", "hypotheses", "5", {"diffusion.hypotheses": 5}, (39.5, 42.1)),
+    ("hypotheses=5", "hypotheses", "5", {"sample.hypotheses": 5}, (39.5, 42.1)),
     ("graformer", "baseline", "graformer", {"model.lifter": "graformer"}, (45.0, 46.0)),
 ]
-FULL = {"diffusion.steps": 10, "diffusion.hypotheses": 1, "data.flip_test": False, "train.epochs": 20}
+FULL = {"diffusion.steps": 10, "sample.hypotheses": 1, "data.flip_test": False, "train.epochs": 20}
 
 
 def _metrics(p1: float, actions: tuple[str, ...], offsets: np.ndarray, config: Config, rng
@@ -68,11 +70,12 @@ def _metrics(p1: float, actions: tuple[str, ...], offsets: np.ndarray, config: C
         out[f"test_p1.{a}"] = p1 + float(off)
         out[f"test_p2.{a}"] = round(0.7 * (p1 + float(off)), 3)
     diffpose = config.model.lifter == "diffpose"
-    calls = config.diffusion.steps * config.diffusion.hypotheses if diffpose else 0
+    calls = config.diffusion.steps * config.sample.hypotheses if diffpose else 0
     out |= {"params": 1.68e6 if diffpose else 0.65e6, "flops_per_pose": 6.5e6 + calls * 13e6,
             "train_seconds": 600.0 + 30.0 * rng.random(), "best_epoch": 18.0, "best_val_p1": p1 + 1.0,
+            "converged": 1.0, "epochs_trained": 20.0,
             "test_poses_per_second": 20000.0 / (1 + calls) * (1 + 0.05 * rng.random())}
-    if config.diffusion.hypotheses > 1 and diffpose:
+    if config.sample.hypotheses > 1 and diffpose:
         out |= {"test_j_best": p1 - 6.0, "test_p_best": 0.7 * p1 - 4.0, "test_spread_error_corr": 0.4}
     return out
 
@@ -128,9 +131,11 @@ def tracking(tmp_path_factory) -> str:
         config = Config().override({**FULL, **overrides})
         for seed, p1 in enumerate(p1s):
             artifact = _predictions(root / "predictions.npz", rng) if axis == "hypotheses" else None
+            metrics = _metrics(p1, MOCAP_TEST, MOCAP_OFFSETS, config, rng)
+            if variant == "no_gmm" and seed == 1:  # one seed stopped short of convergence
+                metrics |= {"converged": 0.0, "epochs_trained": 3.0}
             _log_trial(client, demo, parent, dataset="mocap17", detector="synth", variant=variant, axis=axis,
-                       value=value, seed=seed, overrides=overrides,
-                       metrics=_metrics(p1, MOCAP_TEST, MOCAP_OFFSETS, config, rng), artifact=artifact)
+                       value=value, seed=seed, overrides=overrides, metrics=metrics, artifact=artifact)
     _log_trial(client, demo, parent, dataset="mocap17", detector="synth", variant="steps=20", axis="steps",
                value="20", seed=0, overrides={"diffusion.steps": 20}, metrics=None, status="FAILED")
     _log_trial(client, demo, parent, dataset="mocap17", detector="synth", variant="steps=50", axis="steps",
@@ -157,7 +162,7 @@ def tracking(tmp_path_factory) -> str:
     _log_trial(client, messy, parent, **h36m, variant="graformer", axis="baseline", value="graformer", seed=0,
                overrides={"model.lifter": "graformer"}, drop=("test_p2", "test_p1.Walking"),
                metrics=_metrics(60.0, H36M_ACTIONS, H36M_OFFSETS, Config(), rng))
-    video = {"data.frames": 243, "diffusion.hypotheses": 5}
+    video = {"data.frames": 243, "sample.hypotheses": 5}
     _log_trial(client, messy, parent, **h36m, variant="full", axis="full", value="full", seed=0,
                overrides=video,
                metrics=_metrics(50.0, H36M_ACTIONS, H36M_OFFSETS, Config().override(video), rng))
@@ -324,7 +329,7 @@ def test_ablation_paired_test_equals_scipy(demo_tables):
     assert row.cells["delta"].mean == pytest.approx(2.75)
     assert row.cells["p"].mean == pytest.approx(expected) and row.cells["pairs"].text == "2"
     assert row.cells["value"].text == "no" and _row(table, "full").cells["value"].text == "yes"
-    line = "| no_gmm | no | mocap17 | 2 | <u>43.8</u> ± 1.1 | <u>30.6</u> ± 0.7 | +2.8 ± 0.4 | 2 | 0.058 |"
+    line = "| no_gmm<sup>†</sup> | no | mocap17 | 2 | <u>43.8</u> ± 1.1 | <u>30.6</u> ± 0.7 | +2.8 ± 0.4 | 2 | 0.058 |"
     assert line in to_markdown(table)
 
 
@@ -380,7 +385,7 @@ def test_mpi3dhp_table_ranks_pck_up_and_mpjpe_down(messy_tables):
     rows = {r.label: r for r in table.rows}
     assert set(rows) == {"DiffPose (video)", "DiffPose"}      # D3DP is video-based: not beside T=1 runs
     published, ours = rows["DiffPose (video)"], rows["DiffPose"]
-    assert "†" in published.marks and "‡" in published.marks        # third-party number, input not stated
+    assert UNVERIFIED in published.marks and "‡" in published.marks        # third-party number, input not stated
     assert published.cells["pck"].mean == 98.0 and published.cells["pck"].rank == 1
     assert ours.cells["pck"].mean == pytest.approx(90.5) and ours.cells["pck"].rank == 2
     assert ours.cells["mpjpe"].mean == pytest.approx(70.5) and ours.cells["mpjpe"].rank == 2
@@ -439,7 +444,7 @@ def test_report_writes_tables_figures_and_documents(demo_report):
         for ext in ("tex", "md", "csv"):
             assert (out / "tables" / f"{name}.{ext}").stat().st_size > 0
     assert {"p1_vs_steps", "per_action_h36m", "per_action_mocap17", "speed_h36m", "speed_mocap17",
-            "spread_vs_error"} == set(demo_report.figures)
+            "spread_vs_error", "learning_curves"} == set(demo_report.figures)
     for name in demo_report.figures:
         assert (out / "figures" / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
         assert (out / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -449,6 +454,34 @@ def test_report_writes_tables_figures_and_documents(demo_report):
     row = csv[(csv["row"] == "no_gmm") & (csv["column"] == "P1 (mm) ↓")].iloc[0]
     assert row["mean"] == pytest.approx(43.75) and row["std"] == pytest.approx(1.5 / 2 ** 0.5)
     assert row["n"] == 2
+
+
+def test_a_row_short_of_convergence_is_marked_and_the_reports_first_line_says_so(demo_report, demo_tables):
+    tables, _ = demo_tables
+    gmm = tables["ablation_gmm"]
+    assert _row(gmm, "no_gmm").marks == (NOT_CONVERGED,) and _row(gmm, "full").marks == ()
+    assert gmm.unconverged == ["no_gmm (3-20 epochs)"]
+    assert any(n.startswith(f"{NOT_CONVERGED} trained short of convergence") and "no_gmm (3-20 epochs)" in n
+               for n in gmm.notes)
+    assert NOT_CONVERGED not in "".join(m for r in tables["comparison_mocap17"].rows for m in r.marks)
+    md = (demo_report.out_dir / "report.md").read_text().splitlines()
+    assert md[0] == f"# diffpose-bench report: 1 of 20 runs trained short of convergence ({NOT_CONVERGED} in the " \
+                    "tables), not final numbers"
+    assert f"no_gmm<sup>{NOT_CONVERGED}</sup>" in (demo_report.out_dir / "tables" / "ablation_gmm.md").read_text()
+
+
+def test_learning_curves_are_pulled_per_run_and_drawn_once_per_training(demo_frame):
+    from reports.figures import learning_curves_figure
+    from reports.results import CURVE
+
+    runs, _ = finished_trials(demo_frame)
+    assert all(list(c) == [49.0, 48.0] for c in runs[CURVE])   # val_p1 at epochs 1 and 2
+    plot = learning_curves_figure(runs)
+    assert plot is not None and plot.name == "learning_curves"
+    [h36m, mocap] = plot.figure.axes  # one panel per dataset, in the report's dataset order
+    assert len(h36m.lines) == 4 and h36m.get_title() == "Human3.6M"
+    dashed = [line for line in mocap.lines if line.get_linestyle() == "--"]
+    assert len(dashed) == 1  # no_gmm's seed 1
 
 
 def test_report_from_parquet_alone_matches(demo_report, tmp_path):
