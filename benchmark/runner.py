@@ -15,7 +15,6 @@ Tune's own state goes to ``storage`` (a path or ``s3://...``).
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import json
 import logging
 import math
@@ -33,7 +32,7 @@ from ray import tune
 from benchmark import tracking
 from benchmark.suite import Suite, Trial, load_suite
 from benchmark.trial import run_trial
-from diffpose.data.store import prepare, store_meta
+from diffpose.data.store import prepare
 from diffpose.train import TRAININGS, is_trained
 
 log = logging.getLogger(__name__)
@@ -201,8 +200,7 @@ def run_suite(
     results = Path(results_dir).resolve()
     results.mkdir(parents=True, exist_ok=True)
     prepare_stores(suite)
-    fingerprints = {k: store_meta(ds.store)["fingerprint"] for k, ds in suite.datasets.items()}
-    trials = [dataclasses.replace(t, fingerprint=fingerprints[t.dataset]) for t in suite.trials()]
+    trials = suite.trials(suite.fingerprints())
     encoders = suite.encoder_trials(trials)
 
     uri = tracking.tracking_uri(results, tracking_uri)

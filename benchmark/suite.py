@@ -34,6 +34,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -53,6 +54,7 @@ from diffpose.config import (
     merge,
     read_toml,
 )
+from diffpose.data.store import store_meta
 
 
 class SuiteError(ValueError):
@@ -141,12 +143,23 @@ class Suite:
     gpu: float
     max_failures: int
 
-    def trials(self) -> list[Trial]:
-        """Every trial of the suite, without duplicates (an axis value equal to full's is full itself).
+    def fingerprints(self) -> dict[str, str]:
+        """Each dataset's store content fingerprint (the stores must exist: prepare them first)."""
+        return {key: store_meta(ds.store)["fingerprint"] for key, ds in self.datasets.items()}
+
+    def trials(self, fingerprints: dict[str, str] | None = None) -> list[Trial]:
+        """Every trial of the suite, without duplicates (an axis value equal to full's is full itself), with
+        its store's ``fingerprints`` (:meth:`fingerprints`) when given: the ids the runner and MLflow use.
 
         Inference-only variants (``EVALUATES``) and axis values (``INFERENCE_AXES``) evaluate the weights of
         the variant they name (full for the axes): their config is that variant's, their eval overrides the
         rest."""
+        trials = self._trials()
+        if fingerprints is None:
+            return trials
+        return [dataclasses.replace(t, fingerprint=fingerprints[t.dataset]) for t in trials]
+
+    def _trials(self) -> list[Trial]:
         out: dict[str, Trial] = {}
         for key, ds in self.datasets.items():
             for seed in self.seeds:
