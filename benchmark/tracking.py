@@ -17,6 +17,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from benchmark.suite import Suite, Trial
+from diffpose.metrics import CALIBRATION_LEVELS
 from diffpose.train import FitResult
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,13 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+# The evaluation's numbers a trial logs as test_<name> (with several hypotheses, their reliability too; the
+# calibration curve as test_calibration.q000 ... test_calibration.q100).
+TEST_METRICS = ("p1", "p2", "p1_frames", "p2_frames", "pck", "auc", "mpjpe", "j_best", "p_best", "spread_error_corr",
+                "mpjve", "calibration_error", "energy_score", "coverage_50", "coverage_90", "sharpness_90",
+                "mean_hypothesis_p1", "median_hypothesis_p1", "oracle_best_p1", "oracle_worst_p1")
+
+
 def training_metrics(result: FitResult, metric: str) -> dict[str, float]:
     """What a trial's training logs: its cost, its epochs, whether it converged (1/0, by
     ``diffpose.train.converged``) and its selection metric's best validation value under that metric's name."""
@@ -150,9 +158,9 @@ def training_metrics(result: FitResult, metric: str) -> dict[str, float]:
 
 def final_metrics(result: dict[str, Any]) -> dict[str, float]:
     """The flat test metrics of ``diffpose.train.evaluate``'s result, named as the reports expect."""
-    out = {f"test_{k}": float(v) for k, v in result.items()
-           if k in ("p1", "p2", "p1_frames", "p2_frames", "pck", "auc", "mpjpe", "j_best", "p_best",
-                    "spread_error_corr", "mpjve")}
+    out = {f"test_{k}": float(v) for k, v in result.items() if k in TEST_METRICS}
+    for level, value in zip(CALIBRATION_LEVELS, result.get("calibration", []), strict=False):
+        out[f"test_calibration.q{round(100 * level):03d}"] = value
     for action, m in result.get("per_action", {}).items():
         out[f"test_p1.{action}"] = m["p1"]
         out[f"test_p2.{action}"] = m["p2"]

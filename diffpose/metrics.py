@@ -269,6 +269,91 @@ def joint_spread(hyps: Tensor) -> Tensor:
     return torch.linalg.vector_norm(hyps - centre, dim=-1).mean(dim=0)
 
 
+# ---- the reliability of the hypotheses: calibration, energy score, coverage and sharpness ------------------
+
+CALIBRATION_LEVELS = tuple(round(0.05 * i, 2) for i in range(21))  # q = 0, 0.05, ..., 1
+
+
+def median_distances(hyps: Tensor) -> Tensor:
+    """Distance of each hypothesis to the per-joint, coordinate-wise median of the hypotheses (the mean of the
+    two middle values for an even H): (H, ..., J, 3) -> (H, ..., J)."""
+    if hyps.dim() < 3 or hyps.shape[-1] != 3:
+        raise ValueError(f"hypotheses must be (H, ..., J, 3), got {tuple(hyps.shape)}")
+    return torch.linalg.vector_norm(hyps - aggregate_hypotheses(hyps, "median"), dim=-1)
+
+
+def quantile_radii(hyps: Tensor, levels: Tensor) -> Tensor:
+    """Per joint, the q-quantiles (linear interpolation, as numpy's default) of the hypotheses' distances to
+    their median: the radius of the sphere that holds a fraction q of them. (H, ..., J, 3) -> (Q, ..., J)."""
+    ordered = median_distances(hyps).sort(dim=0).values                       # (H, ..., J)
+    position = levels.to(torch.float64) * (ordered.shape[0] - 1)               # (Q,)
+    lo, hi = position.floor().long(), position.ceil().long()
+    w = (position - lo).to(ordered.dtype).reshape(-1, *([1] * (ordered.dim() - 1)))
+    return ordered[lo] * (1.0 - w) + ordered[hi] * w
+
+
+def calibration_curve(hyps: Tensor, target: Tensor, levels: Tensor | None = None) -> Tensor:
+    """Quantile calibration per joint (Pierzchlewicz et al. 2022, cGNF): for each level q, the fraction of
+    (sample, joint) pairs whose target lies inside the sphere around the hypotheses' median holding a fraction
+    q of the hypotheses (strictly inside, as cGNF counts). Calibrated hypotheses give fraction(q) = q;
+    overconfident ones fall below the diagonal. Shapes hyps (H, ..., J, 3), target (..., J, 3) -> (Q,).
+    (cGNF takes the median over joints of per-joint fractions; this pools the pairs, one number per q.)"""
+    _check_hypotheses(hyps, target)
+    if levels is None:
+        levels = torch.tensor(CALIBRATION_LEVELS, dtype=torch.float64, device=hyps.device)
+    radii = quantile_radii(hyps, levels)                                     # (Q, ..., J)
+    inside = torch.linalg.vector_norm(target - aggregate_hypotheses(hyps, "median"), dim=-1) < radii
+    return inside.flatten(1).to(torch.float64).mean(dim=1)
+
+
+def calibration_error(curve: Tensor, levels: Tensor | None = None) -> Tensor:
+    """The mean over the levels of |fraction(q) - q|: 0 for calibrated hypotheses, up to 0.5."""
+    if levels is None:
+        levels = torch.tensor(CALIBRATION_LEVELS, dtype=curve.dtype, device=curve.device)
+    return (curve - levels).abs().mean()
+
+
+def energy_score(hyps: Tensor, target: Tensor) -> Tensor:
+    """Per joint, the energy score (the multivariate CRPS, Gneiting and Raftery 2007) of the N hypotheses as
+    a sample of the predictive distribution, unbiased:
+        ES = 1/N sum_i ||X_i - y|| - 1/(2 N (N-1)) sum_{i != j} ||X_i - X_j||,
+    lower is better, 0 for a point mass at the target; with N = 1 the second term is 0 (ES is the error).
+    Shapes hyps (H, ..., J, 3), target (..., J, 3) -> (..., J); unit of the input."""
+    _check_hypotheses(hyps, target)
+    n = hyps.shape[0]
+    accuracy = torch.linalg.vector_norm(hyps - target, dim=-1).mean(dim=0)
+    if n < 2:
+        return accuracy
+    pairs = sum(torch.linalg.vector_norm(hyps[i] - hyps, dim=-1).sum(dim=0) for i in range(n))  # i == j adds 0
+    return accuracy - pairs / (2 * n * (n - 1))
+
+
+def reliability(hyps: Tensor, target: Tensor) -> dict[str, Tensor]:
+    """Every number of the hypotheses' reliability, per (sample, joint) averaged, metres where a length (pass
+    the joints other than the root of root-relative poses: it is exactly known):
+    ``calibration`` (the curve over CALIBRATION_LEVELS) and ``calibration_error``; ``energy_score``;
+    ``coverage_50`` / ``coverage_90`` (fraction of targets inside the 50 % / 90 % spheres) and ``sharpness_90``
+    (the 90 % spheres' mean radius); the P1 of the ``mean`` and ``median`` hypothesis (fair: no ground truth
+    used) and of the ``oracle_best`` and ``oracle_worst`` hypothesis per pose (ORACLE: chosen by the ground
+    truth)."""
+    levels = torch.tensor(CALIBRATION_LEVELS, dtype=torch.float64, device=hyps.device)
+    curve = calibration_curve(hyps, target, levels)
+    radius_90 = quantile_radii(hyps, torch.tensor([0.9], dtype=torch.float64, device=hyps.device))[0]
+    per_hypothesis = mpjpe(hyps, target.expand_as(hyps))                   # (H, ...)
+    return {
+        "calibration": curve,
+        "calibration_error": calibration_error(curve, levels),
+        "energy_score": energy_score(hyps, target).mean(),
+        "coverage_50": curve[CALIBRATION_LEVELS.index(0.5)],
+        "coverage_90": curve[CALIBRATION_LEVELS.index(0.9)],
+        "sharpness_90": radius_90.mean(),
+        "mean_hypothesis_p1": j_agg_mpjpe(hyps, target, "mean").mean(),
+        "median_hypothesis_p1": j_agg_mpjpe(hyps, target, "median").mean(),
+        "oracle_best_p1": per_hypothesis.amin(dim=0).mean(),
+        "oracle_worst_p1": per_hypothesis.amax(dim=0).mean(),
+    }
+
+
 def per_action_means(errors: Tensor, actions: Tensor, num_actions: int) -> Tensor:
     """Mean error per action: ``means_a = sum_{i: actions_i = a} errors_i / #{i: actions_i = a}``.
 

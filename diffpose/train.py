@@ -569,7 +569,8 @@ def evaluate_rows(
 ) -> dict[str, Any]:
     """P1/P2 (mm) over ``rows``, overall (mean of the per-action means) and per action class; MPJVE
     (mm/frame, mean of the per-action means over pairs of consecutive frames, when ``rows`` hold any); with
-    several hypotheses also the oracle J-Best/P-Best and the spread-error correlation; MPI-INF-3DHP adds
+    several hypotheses also the oracle J-Best/P-Best, the spread-error correlation and the hypotheses'
+    reliability (metrics.reliability: calibration, energy score, coverage, sharpness); MPI-INF-3DHP adds
     PCK/AUC. ``save_predictions``: an npz with pose, target (metres), action, subject and, with several
     hypotheses, the per-joint spread."""
     pred = predict_rows(lifter, sampler, rows, cfg, generator_seed)
@@ -628,7 +629,14 @@ def evaluate_rows(
         err = (pose - target).norm(dim=-1)                                   # (N, J)
         out["spread_error_corr"] = float(torch.corrcoef(torch.stack([spread.flatten(), err.flatten()]))[0, 1])
         out["hypotheses"] = int(hyps.shape[0])
+        # The root of a root-relative pose is exactly known: reliability over the other joints.
+        found = metrics.reliability(hyps[..., 1:, :], target[..., 1:, :])
+        out["calibration"] = [float(v) for v in found.pop("calibration")]
+        out.update({k: float(v) * (1.0 if k in UNITLESS else mm) for k, v in found.items()})
     return out
+
+
+UNITLESS = ("calibration_error", "coverage_50", "coverage_90")  # the other reliability numbers are in mm
 
 
 def count_flops(fn: Callable[[], object]) -> float:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from diffpose import metrics
 from diffpose.metrics import (
     AUC_THRESHOLDS_MM,
     MM_PER_M,
@@ -383,3 +384,65 @@ def test_millimetre_constant() -> None:
     assert MM_PER_M * mpjpe(torch.tensor([[0.0, 0.0, 0.0415]]), torch.zeros(1, 3)).item() == pytest.approx(
         41.5
     )
+
+
+# ---- reliability of the hypotheses --------------------------------------------------------------------------
+
+def _gaussian_hypotheses(h: int, n: int, j: int, scale: float, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    centre = torch.randn(n, j, 3, generator=g, dtype=torch.float64)
+    hyps = centre + scale * torch.randn(h, n, j, 3, generator=g, dtype=torch.float64)
+    target = centre + scale * torch.randn(n, j, 3, generator=g, dtype=torch.float64)
+    return centre, hyps, target
+
+
+def test_hypotheses_from_the_true_distribution_are_calibrated():
+    _, hyps, target = _gaussian_hypotheses(200, 1000, 4, 0.05)
+    r = metrics.reliability(hyps, target)
+    # 4000 (sample, joint) pairs: a binomial standard error of 0.008 at q = 0.5; 200 hypotheses estimate the
+    # median and the quantiles to about 1% (the fitted median sits closer to its own hypotheses than to a new
+    # draw, a small overconfidence that vanishes as N grows).
+    assert r["calibration"].shape == (21,)
+    assert float(r["calibration_error"]) < 0.025
+    assert float(r["coverage_50"]) == pytest.approx(0.5, abs=0.03)
+    assert float(r["coverage_90"]) == pytest.approx(0.9, abs=0.02)
+
+
+def test_hypotheses_shrunk_toward_their_mean_are_overconfident():
+    centre, hyps, target = _gaussian_hypotheses(200, 1000, 4, 0.05)
+    shrunk = centre + (hyps - centre) / 3
+    r = metrics.reliability(shrunk, target)
+    inner = torch.tensor(metrics.CALIBRATION_LEVELS[1:-1], dtype=torch.float64)
+    assert torch.all(r["calibration"][1:-1] < inner)  # below the diagonal at every level
+    assert float(r["coverage_90"]) < 0.5 and float(r["calibration_error"]) > 0.25
+    assert float(r["sharpness_90"]) < float(metrics.reliability(hyps, target)["sharpness_90"]) / 2.5
+
+
+def test_energy_score_of_a_point_mass_at_the_target_is_zero_and_of_two_samples_by_hand():
+    target = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]]])                  # (1, J=2, 3)
+    assert torch.all(metrics.energy_score(target.expand(5, -1, -1, -1).clone(), target) == 0)
+    # Two hypotheses of joint 0 at distance 3 and 4 from the target and 5 from each other:
+    # (3 + 4) / 2 - (5 + 5) / (2 * 2 * 1) = 3.5 - 2.5 = 1.
+    hyps = torch.tensor([[[[3.0, 0.0, 0.0]]], [[[0.0, 4.0, 0.0]]]])             # (H=2, 1, 1, 3)
+    assert float(metrics.energy_score(hyps, torch.zeros(1, 1, 3))) == pytest.approx(1.0)
+    assert float(metrics.energy_score(hyps[:1], torch.zeros(1, 1, 3))) == pytest.approx(3.0)  # N = 1: the error
+
+
+def test_mean_median_best_and_worst_hypothesis_errors_are_named_apart():
+    target = torch.zeros(1, 2, 3)
+    hyps = torch.zeros(3, 1, 2, 3)
+    hyps[0, 0, 1, 0], hyps[1, 0, 1, 0], hyps[2, 0, 1, 0] = 1.0, 2.0, 6.0                # joint 1 at x = 1, 2, 6
+    r = metrics.reliability(hyps, target)
+    assert float(r["mean_hypothesis_p1"]) == pytest.approx(3.0 / 2)     # x = 3, averaged over 2 joints
+    assert float(r["median_hypothesis_p1"]) == pytest.approx(2.0 / 2)
+    assert float(r["oracle_best_p1"]) == pytest.approx(1.0 / 2)
+    assert float(r["oracle_worst_p1"]) == pytest.approx(6.0 / 2)
+
+
+def test_quantile_radii_interpolate_as_numpy():
+    import numpy as np
+
+    _, hyps, _ = _gaussian_hypotheses(7, 5, 3, 1.0)
+    levels = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0], dtype=torch.float64)
+    expect = np.quantile(metrics.median_distances(hyps).numpy(), levels.numpy(), axis=0)
+    np.testing.assert_allclose(metrics.quantile_radii(hyps, levels).numpy(), expect, rtol=1e-12)
