@@ -156,7 +156,7 @@ class Train:
     draw_kernels: bool = True             # training 2D input: a GMM kernel's mean drawn per joint from pi
     ema: float = 0.0                      # EMA decay of the weights, used at evaluation; 0 = off
     # Stop once the validation curve has converged by the project's rule (diffpose.train.converged): the best
-    # of the last quarter of the epochs improves on the best before it by less than 1%, after 8 epochs or more.
+    # of the last quarter of the epochs improves on the best before it by less than 1%, after 20 epochs or more.
     stop_at_convergence: bool = True
     seed: int = 0
     device: str = "auto"                  # "auto" | "cpu" | "cuda" | "cuda:1" | "mps"
@@ -449,6 +449,13 @@ TEMPORAL_LIFTERS: frozenset[str] = frozenset({"mixste", "videopose3d"})
 # VideoPose3D's released receptive fields (diffpose.models.temporal.FILTER_WIDTHS).
 VIDEOPOSE3D_FRAMES: tuple[int, ...] = (27, 81, 243)
 
+# The released code: start from the encoder's pose at step 12 of 51 (linear betas 1e-4..1e-3), two DDIM calls,
+# training noise scaled by the 2D sigma only and predicted as such.
+_REFINER: dict[str, Any] = {
+    "diffusion.mode": "refiner", "diffusion.gmm": False, "diffusion.schedule": "linear",
+    "diffusion.train_steps": 51, "diffusion.beta_start": 1e-4, "diffusion.beta_end": 1e-3,
+    "diffusion.steps": 2, "diffusion.t_start": 12, "diffusion.predict": "noise",
+}
 # Named variants: config overrides applied on top of a suite's base config. (axis, value) say which
 # ablation axis a variant belongs to; "full" is the reference every axis is compared with.
 VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -457,13 +464,7 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "no_context": ("context", "false", {"diffusion.context": False}),
     # Sampling starts from N(0, I) instead of the 2D-uncertainty GMM; the training is full's.
     "no_heatmap_init": ("heatmap_init", "false", {"diffusion.heatmap_init": False}),
-    # The released code: start from the encoder's pose at step 12 of 51 (linear betas 1e-4..1e-3), two DDIM
-    # calls, training noise scaled by the 2D sigma only and predicted as such.
-    "refiner": ("mode", "refiner", {
-        "diffusion.mode": "refiner", "diffusion.gmm": False, "diffusion.schedule": "linear",
-        "diffusion.train_steps": 51, "diffusion.beta_start": 1e-4, "diffusion.beta_end": 1e-3,
-        "diffusion.steps": 2, "diffusion.t_start": 12, "diffusion.predict": "noise",
-    }),
+    "refiner": ("mode", "refiner", _REFINER),
     "graformer": ("baseline", "graformer", {"model.lifter": "graformer"}),
     "semgcn": ("baseline", "semgcn", {"model.lifter": "semgcn"}),
     "simple_baseline": ("baseline", "simple_baseline", {"model.lifter": "simple_baseline"}),
@@ -476,10 +477,14 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "mc_dropout": ("probabilistic", "mc_dropout", {"model.lifter": "graformer", "sample.method": "mc_dropout"}),
     "gaussian_residual": ("probabilistic", "gaussian_residual",
                           {"model.lifter": "graformer", "sample.method": "residual"}),
+    # The refiner's weights with N hypotheses: its DDIM steps sample (eta = 1), since at the released eta = 0
+    # from the encoder's pose without added noise every hypothesis would be the same pose.
+    "refiner_sampled": ("probabilistic", "refiner_sampled", {**_REFINER, "diffusion.eta": 1.0}),
 }
 # Variants that only change how another variant's trained weights are evaluated: a suite evaluates those
 # weights (selected with that variant's own settings on the validation subjects) instead of training again.
-EVALUATES: dict[str, str] = {"no_heatmap_init": "full", "mc_dropout": "graformer", "gaussian_residual": "graformer"}
+EVALUATES: dict[str, str] = {"no_heatmap_init": "full", "mc_dropout": "graformer", "gaussian_residual": "graformer",
+                             "refiner_sampled": "refiner"}
 
 # Axes whose values a suite lists ("steps = [1, 2, 5]"): each value is a variant of "full".
 AXES: dict[str, str] = {"steps": "diffusion.steps", "kernels": "data.kernels", "hypotheses": "sample.hypotheses"}

@@ -162,7 +162,7 @@ def bn_momentum(t: Train, epoch: int) -> float:
 # The project's convergence rule, on the validation curve of the selection metric (lower is better): after at
 # least CONVERGENCE_MIN_EPOCHS epochs, the best value of the last quarter of the epochs (rounded up) improves on
 # the best value before it by less than CONVERGENCE_TOLERANCE, relative.
-CONVERGENCE_MIN_EPOCHS = 8
+CONVERGENCE_MIN_EPOCHS = 20
 CONVERGENCE_TOLERANCE = 0.01
 
 
@@ -392,10 +392,11 @@ def fit(
         if stopped:
             break
 
+    # A lifter with nothing to train (the mean pose) is what it will ever be after its one epoch.
     return FitResult(out_dir=out_dir, best_checkpoint=out_dir / BEST, best_epoch=best_epoch,
                      best_metric=best_metric, history=history,
                      seconds=sum(h["epoch_seconds"] for h in history),
-                     converged=converged([h[t.metric] for h in history]))
+                     converged=not params or converged([h[t.metric] for h in history]))
 
 
 def _train_epoch(lifter: Lifter, sampler: Sampler, rows: np.ndarray, cfg: Config, optimizer: torch.optim.Optimizer,
