@@ -44,7 +44,6 @@ from reports.tables import (
     load_published,
     tex_escape,
     to_markdown,
-    trial_lifter,
     variant_rows,
     write_table,
 )
@@ -161,7 +160,7 @@ def _spread_series(runs: pd.DataFrame, find: ArtifactFinder, warn: list[str]
     """Per-joint (error, spread) in mm per multi-hypothesis run: one series per variant and seed (seeds are not
     pooled: one seed's hypotheses may spread ten times wider than another's, which pooled bins would hide)."""
     n = column(runs, param("sample.hypotheses")).fillna(1).astype(int)
-    multi = runs[(trial_lifter(runs) == "diffpose") & (n > 1)]
+    multi = runs[n > 1]
     if multi.empty:
         warn.append("no multi-hypothesis (N > 1) runs: no spread-vs-error figure")
         return {}
@@ -207,6 +206,9 @@ def _plots(runs: pd.DataFrame, find: ArtifactFinder, warn: list[str]) -> list[fi
     spread = figs.spread_figure(_spread_series(runs, find, warn))
     if spread is not None:
         plots.append(spread)
+    calibration = figs.calibration_figure(runs)
+    if calibration is not None:
+        plots.append(calibration)
     curves = figs.learning_curves_figure(runs)
     if curves is None:
         warn.append("no run logged validation curves: no learning-curve figure")

@@ -4,7 +4,8 @@
 - P1 per action, grouped bars per method (mean +- sd over seeds),
 - accuracy against inference speed (poses/s, log scale),
 - per-joint error against per-joint hypothesis spread (the paper's reliability claim, measured),
-- learning curves: validation P1 per epoch of every training, converged or not.
+- learning curves: validation P1 per epoch of every training, converged or not,
+- calibration curves of the hypotheses: the fraction of targets inside the q-spheres against q.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from reports.tables import (
     converged_runs,
     dataset_order,
     protocol_groups,
+    sampled_runs,
     trial_axis,
     trial_lifter,
     variant_rows,
@@ -297,3 +299,43 @@ def learning_curves_figure(runs: pd.DataFrame) -> Plot | None:
     return Plot("learning_curves", "Validation P1 per epoch of every training (one line per training and seed, "
                 f"colour by variant); dashed lines stopped short of convergence ({NOT_CONVERGED} in the "
                 "tables). Model selection uses these validation subjects only.", fig)
+
+
+def calibration_figure(runs: pd.DataFrame) -> Plot | None:
+    """Quantile calibration curves (metrics.calibration_curve), one panel per dataset, one line per method and N
+    (the mean over seeds, the band their range), the diagonal of perfect calibration drawn."""
+    from diffpose.metrics import CALIBRATION_LEVELS
+
+    pool = sampled_runs(runs)
+    names = [metric(f"test_calibration.q{round(100 * q):03d}") for q in CALIBRATION_LEVELS]
+    if pool.empty or not all(n in pool.columns for n in names):
+        return None
+    datasets = column(pool, param("trial.dataset")).astype(str)
+    order = dataset_order(datasets.unique())
+    levels = np.asarray(CALIBRATION_LEVELS)
+    with _style():
+        fig, axes = _figure(max(5.5, 4.8 * len(order)), 4.6, ncols=len(order))
+        for ax, ds in zip(axes, order, strict=True):
+            sub = pool[datasets == ds]
+            n_of = pd.to_numeric(column(sub, param("sample.hypotheses")), errors="coerce").astype(int)
+            labels = [(f"{label}, N = {n}", part) for n in sorted(n_of.unique())
+                      for label, part in variant_rows(sub[n_of == n], [], "calibration")]
+            palette = sns.color_palette("tab10", n_colors=max(len(labels), 1))
+            ax.plot([0, 1], [0, 1], color="0.5", lw=1, ls=":", label="calibrated")
+            for colour, (label, part) in zip(palette, labels, strict=False):
+                curves = part[names].to_numpy(dtype=float)                          # (seeds, Q)
+                ax.plot(levels, curves.mean(axis=0), color=colour, lw=1.5, marker="o", ms=3, label=label)
+                if len(curves) > 1:
+                    ax.fill_between(levels, curves.min(axis=0), curves.max(axis=0), color=colour, alpha=0.15)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+            ax.set_aspect("equal")
+            ax.set_title(_dataset_label(ds))
+            ax.set_xlabel("q: fraction of hypotheses inside the sphere")
+            ax.set_ylabel("fraction of targets inside")
+            ax.legend(fontsize="small", loc="upper left")
+        fig.suptitle("Calibration of the hypotheses (below the diagonal: overconfident)")
+    return Plot("calibration", "Quantile calibration of the hypotheses per joint (root excluded): the fraction "
+                "of test targets inside the sphere around the hypotheses' median that holds a fraction q of "
+                "them, against q; mean over seeds, band: their range. On the diagonal a method's spread says "
+                "how far off it is; below it, the hypotheses are too narrow.", fig)

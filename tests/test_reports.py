@@ -22,6 +22,7 @@ import pytest
 from scipy import stats
 
 from diffpose.config import Config
+from diffpose.metrics import CALIBRATION_LEVELS
 from reports.build import build_report, build_report_from_parquet
 from reports.results import (
     SCHEMA_VERSION,
@@ -57,6 +58,8 @@ MOCAP_TRIALS = [
     ("refiner", "mode", "refiner", {"diffusion.mode": "refiner", "diffusion.steps": 2}, (39.0, 41.6)),
     ("hypotheses=5", "hypotheses", "5", {"sample.hypotheses": 5}, (39.5, 42.1)),
     ("graformer", "baseline", "graformer", {"model.lifter": "graformer"}, (45.0, 46.0)),
+    ("mc_dropout", "probabilistic", "mc_dropout",
+     {"model.lifter": "graformer", "sample.method": "mc_dropout", "sample.hypotheses": 5}, (45.5, 46.5)),
 ]
 FULL = {"diffusion.steps": 10, "sample.hypotheses": 1, "data.flip_test": False, "train.epochs": 20}
 
@@ -75,8 +78,14 @@ def _metrics(p1: float, actions: tuple[str, ...], offsets: np.ndarray, config: C
             "train_seconds": 600.0 + 30.0 * rng.random(), "best_epoch": 18.0, "best_val_p1": p1 + 1.0,
             "converged": 1.0, "epochs_trained": 20.0,
             "test_poses_per_second": 20000.0 / (1 + calls) * (1 + 0.05 * rng.random())}
-    if config.sample.hypotheses > 1 and diffpose:
+    if config.sample.hypotheses > 1:
         out |= {"test_j_best": p1 - 6.0, "test_p_best": 0.7 * p1 - 4.0, "test_spread_error_corr": 0.4}
+        # DiffPose's hypotheses calibrated; MC dropout's too narrow: its curve at q^2, energy score 5 mm higher.
+        curve = {q: q if diffpose else q * q for q in CALIBRATION_LEVELS}
+        out |= {f"test_calibration.q{round(100 * q):03d}": v for q, v in curve.items()}
+        out |= {"test_calibration_error": float(np.mean([abs(v - q) for q, v in curve.items()])),
+                "test_energy_score": p1 * 0.6 + (0.0 if diffpose else 5.0 + rng.random()),
+                "test_coverage_90": curve[0.9], "test_sharpness_90": 30.0 if diffpose else 12.0}
     return out
 
 
@@ -426,7 +435,8 @@ def test_spread_series_are_per_seed_never_pooled(demo_frame, tmp_path):
         return files[int(run["params.trial.seed"])]
 
     warn: list[str] = []
-    series = _spread_series(runs[runs["params.trial.dataset"] == "mocap17"], find, warn)
+    diffpose = runs[(runs["params.trial.dataset"] == "mocap17") & (runs["params.trial.variant"] == "hypotheses=5")]
+    series = _spread_series(diffpose, find, warn)
     assert sorted(series) == ["DiffPose (hypotheses=5), seed 0", "DiffPose (hypotheses=5), seed 1"]
     spread = {k[-1]: v[1] for k, v in series.items()}
     assert np.median(spread["0"]) == pytest.approx(10 * np.median(spread["1"]))
@@ -437,14 +447,14 @@ def test_spread_series_are_per_seed_never_pooled(demo_frame, tmp_path):
 
 def test_report_writes_tables_figures_and_documents(demo_report):
     out = demo_report.out_dir
-    assert demo_report.runs == 20 and demo_report.ok
+    assert demo_report.runs == 22 and demo_report.ok
     assert {"comparison_mocap17", "comparison_h36m", "ablation_gmm", "ablation_steps", "ablation_mode",
-            "ablation_hypotheses", "cost"} == set(demo_report.tables)
+            "ablation_hypotheses", "reliability", "cost"} == set(demo_report.tables)
     for name in demo_report.tables:
         for ext in ("tex", "md", "csv"):
             assert (out / "tables" / f"{name}.{ext}").stat().st_size > 0
     assert {"p1_vs_steps", "per_action_h36m", "per_action_mocap17", "speed_h36m", "speed_mocap17",
-            "spread_vs_error", "learning_curves"} == set(demo_report.figures)
+            "spread_vs_error", "learning_curves", "calibration"} == set(demo_report.figures)
     for name in demo_report.figures:
         assert (out / "figures" / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
         assert (out / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -465,9 +475,33 @@ def test_a_row_short_of_convergence_is_marked_and_the_reports_first_line_says_so
                for n in gmm.notes)
     assert NOT_CONVERGED not in "".join(m for r in tables["comparison_mocap17"].rows for m in r.marks)
     md = (demo_report.out_dir / "report.md").read_text().splitlines()
-    assert md[0] == f"# diffpose-bench report: 1 of 20 runs trained short of convergence ({NOT_CONVERGED} in the " \
+    assert md[0] == f"# diffpose-bench report: 1 of 22 runs trained short of convergence ({NOT_CONVERGED} in the " \
                     "tables), not final numbers"
     assert f"no_gmm<sup>{NOT_CONVERGED}</sup>" in (demo_report.out_dir / "tables" / "ablation_gmm.md").read_text()
+
+
+def test_reliability_table_compares_each_method_with_diffpose_at_the_same_n(demo_tables):
+    table = demo_tables[0]["reliability"]
+    full = _row(table, "DiffPose (hypotheses=5), N = 5")
+    mc = _row(table, "GraFormer (mc dropout), N = 5")
+    assert full.cells["d_es"].text == "ref" and full.cells["cal"].mean == pytest.approx(0.0)
+    expected = np.mean([abs(q * q - q) for q in CALIBRATION_LEVELS])
+    assert mc.cells["cal"].mean == pytest.approx(expected) and mc.cells["cov90"].mean == pytest.approx(0.81)
+    assert mc.cells["d_cal"].mean == pytest.approx(expected) and mc.cells["d_cal"].n == 2
+    assert mc.cells["d_es"].mean > 5.0 and mc.cells["p_es"].mean is not None
+    assert full.cells["cal"].rank == 1 and mc.cells["cal"].rank == 2
+    assert "ablation_probabilistic" not in demo_tables[0]
+
+
+def test_calibration_figure_draws_the_diagonal_and_one_line_per_method(demo_frame):
+    from reports.figures import calibration_figure
+
+    runs, _ = finished_trials(demo_frame)
+    plot = calibration_figure(runs)
+    [ax] = plot.figure.axes
+    labels = [line.get_label() for line in ax.lines]
+    assert labels == ["calibrated", "DiffPose (hypotheses=5), N = 5", "GraFormer (mc dropout), N = 5"]
+    np.testing.assert_allclose(ax.lines[2].get_ydata(), [q * q for q in CALIBRATION_LEVELS])
 
 
 def test_learning_curves_are_pulled_per_run_and_drawn_once_per_training(demo_frame):
