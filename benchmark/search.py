@@ -70,7 +70,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from benchmark.suite import DatasetSpec, SuiteError, Trial, _dataset, _table, _typed, parse_resources
-from diffpose.config import VARIANTS, Config, ConfigError, encoder_follows, merge, read_toml
+from diffpose.config import VARIANTS, Config, ConfigError, encoder_follows, merge, read_toml, toml_value
 
 log = logging.getLogger(__name__)
 
@@ -829,14 +829,6 @@ def default_trial(study: optuna.Study) -> FrozenTrial | None:
     return found[0] if found else None
 
 
-def _toml_scalar(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return repr(value)
-
-
 def export_best(study: optuna.Study, search: Search, path: Path) -> Path | None:
     """Write the best trial's sampled values as an override file (one [base] table) that
     ``diffpose-bench ablate --overrides`` merges into a suite; None when no trial completed."""
@@ -853,8 +845,8 @@ def export_best(study: optuna.Study, search: Search, path: Path) -> Path | None:
         lines.append(f"# The default config (trial {d.number}, {d.state.lower()}): {d.value:.3f} mm.")
     lines += ["# Use: diffpose-bench ablate --suite SUITE --overrides THIS_FILE (merged into the suite's [base]).",
               "# The search also fixed these keys (not exported):"]
-    lines += [f"#   {k} = {_toml_scalar(v)}" for k, v in sorted(merge(search.base).items())]
-    lines += ["", "[base]"] + [f"{k} = {_toml_scalar(v)}" for k, v in sorted(best.params.items())] + [""]
+    lines += [f"#   {k} = {toml_value(v)}" for k, v in sorted(merge(search.base).items())]
+    lines += ["", "[base]"] + [f"{k} = {toml_value(v)}" for k, v in sorted(best.params.items())] + [""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     return path

@@ -53,6 +53,7 @@ from diffpose.config import (
     encoder_follows,
     merge,
     read_toml,
+    toml_value,
 )
 from diffpose.data.store import store_meta
 
@@ -385,20 +386,7 @@ def apply_overrides(suite_path: str | Path, overrides_path: str | Path, out_dir:
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"# {suite_path} with the [base] of {overrides_path} merged in (diffpose-bench ablate --overrides)"]
     for table, body in raw.items():
-        lines += ["", f"[{table}]"] + [f"{json.dumps(k)} = {_toml(v)}" for k, v in body.items()]
+        lines += ["", f"[{table}]"] + [f"{json.dumps(k)} = {toml_value(v)}" for k, v in body.items()]
     out.write_text("\n".join(lines) + "\n")
     load_suite(out, check_data=False)
     return out
-
-
-def _toml(value: Any) -> str:
-    """A TOML value; tables inline."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + "}"
-    return repr(value)

@@ -243,7 +243,7 @@ class Config:
         lines = []
         for section, values in self.to_dict().items():
             lines.append(f"[{section}]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+            lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
             lines.append("")
         return "\n".join(lines)
 
@@ -417,6 +417,11 @@ LIFTER_DEFAULTS: dict[str, dict[str, Any]] = {
     # train: one epoch computes the mean.
     "mean_pose": {**_FRAME_BASELINE, "train.epochs": 1, "train.grad_clip": 0.0},
 }
+# Every lifter's name as tables print it (the keys are the registry's: diffpose.lifters.LIFTERS and DiffPose).
+LIFTER_NAMES: dict[str, str] = {
+    "diffpose": "DiffPose", "graformer": "GraFormer", "simple_baseline": "SimpleBaseline", "semgcn": "SemGCN",
+    "videopose3d": "VideoPose3D", "mixste": "MixSTE", "mean_pose": "Mean training pose (reference)",
+}
 # Lifters whose per-joint features can condition DiffPose (its context encoder).
 ENCODER_LIFTERS: tuple[str, ...] = ("graformer", "mixste")
 
@@ -488,6 +493,10 @@ EVALUATES: dict[str, str] = {"no_heatmap_init": "full", "mc_dropout": "graformer
 
 # Axes whose values a suite lists ("steps = [1, 2, 5]"): each value is a variant of "full".
 AXES: dict[str, str] = {"steps": "diffusion.steps", "kernels": "data.kernels", "hypotheses": "sample.hypotheses"}
+# The config key each ablation axis varies: the listed axes' and the switch variants' (gmm, context, ...).
+ABLATION_KEYS: dict[str, str] = {**{axis: next(iter(o)) for _, (axis, _, o) in VARIANTS.items()
+                                    if axis in ("gmm", "context", "heatmap_init")},
+                                 "mode": "diffusion.mode", **AXES}
 
 # Where the run happens, never what it computes: left out of a training's identity (Config.portable).
 MACHINE_KEYS: frozenset[str] = frozenset({"data.store", "train.device", "train.threads", "train.eval_batch_size"})
@@ -588,11 +597,14 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     raise ConfigError(f"{source}: {key} must be {hint.__name__}, got {value!r}")
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(json.dumps(x) for x in v) + "]"
-    return repr(v)
+def toml_value(value: Any) -> str:
+    """A value as TOML writes it (lists and tables inline): what every TOML file the package writes uses."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return repr(value)

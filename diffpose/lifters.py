@@ -27,7 +27,7 @@ from diffpose.config import Config
 from diffpose.data.skeleton import NUM_JOINTS
 from diffpose.data.store import Batch, PoseStore
 from diffpose.diffusion.gmm import DepthPrior, GaussianMixture, gmm_q_sample, initial_distribution, standard_normal
-from diffpose.diffusion.sampler import aggregate, sample
+from diffpose.diffusion.sampler import sample
 from diffpose.diffusion.schedule import Schedule
 from diffpose.metrics import aggregate_hypotheses
 from diffpose.models.baselines import SemGCN, SimpleBaseline
@@ -439,7 +439,7 @@ class DiffPose(Lifter):
                              predict=d.predict, generator=generator)
             hyps = samples * self.pose_scale
         hyps = _root_relative(hyps)                                          # (H, N, J, 3)
-        pose = _root_relative(aggregate(hyps, self.how))
+        pose = _root_relative(aggregate_hypotheses(hyps, self.how))
         return Prediction(pose=pose, hypotheses=hyps)
 
 

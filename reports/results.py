@@ -239,12 +239,6 @@ def column(frame: pd.DataFrame, name: str, default: Any = None) -> pd.Series:
     return pd.Series([default] * len(frame), index=frame.index, dtype="object")
 
 
-def actions(frame: pd.DataFrame, stem: str = "test_p1") -> list[str]:
-    """Action class names that have a per-action ``metrics.<stem>.<Action>`` column."""
-    prefix = metric(stem) + "."
-    return sorted(c[len(prefix):] for c in frame.columns if c.startswith(prefix))
-
-
 def protocol(row: pd.Series) -> dict[str, Any]:
     """The evaluation protocol of a run: dataset, 2D detector, frames T (with T > 1, the evaluation mode),
     flip test, and for DiffPose and sampled baselines the hypotheses N and (when N > 1) the aggregation. A

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from diffpose.config import ABLATION_KEYS, LIFTER_NAMES
 from diffpose.train import CONVERGENCE_MIN_EPOCHS, CONVERGENCE_TOLERANCE
 from reports.results import (
     PARAM,
@@ -45,16 +46,9 @@ H36M_SHORT = dict(zip(H36M_ACTIONS, ("Dir", "Disc", "Eat", "Greet", "Phone", "Ph
 
 DATASET_ORDER = ("h36m", "mpi3dhp", "mocap17")
 DATASET_NAMES = {"h36m": "Human3.6M", "mpi3dhp": "MPI-INF-3DHP", "mocap17": "mocap17 (CMU stand-in)"}
-LIFTER_NAMES = {"diffpose": "DiffPose", "graformer": "GraFormer", "simple_baseline": "SimpleBaseline",
-                "semgcn": "SemGCN", "videopose3d": "VideoPose3D", "mixste": "MixSTE",
-                "mean_pose": "Mean training pose (reference)"}
-
 # Variants shown in the comparison tables; the ablation axes get their own tables.
 COMPARISON_AXES = ("full", "baseline", "reference", "mode", "unknown")
-ABLATION_AXES = ("gmm", "context", "heatmap_init", "mode", "steps", "kernels", "hypotheses")
-AXIS_PARAM = {"gmm": "diffusion.gmm", "context": "diffusion.context",
-              "heatmap_init": "diffusion.heatmap_init", "mode": "diffusion.mode", "steps": "diffusion.steps",
-              "kernels": "data.kernels", "hypotheses": "sample.hypotheses"}
+ABLATION_AXES = tuple(ABLATION_KEYS)
 AXIS_TITLES = {"gmm": ("GMM-based forward diffusion", "GMM"), "context": ("context encoder", "Context"),
                "heatmap_init": ("heatmap (2D-uncertainty) initialisation", "Heatmap init"),
                "mode": ("paper method vs released-code refiner", "Mode"),
@@ -577,7 +571,7 @@ def _one_row_per_method(published: pd.DataFrame, protocols: tuple[str, ...]) -> 
 # ---- ablations ---------------------------------------------------------------------------------------------
 
 def _axis_value(frame: pd.DataFrame, axis: str) -> pd.Series:
-    key = AXIS_PARAM.get(axis)
+    key = ABLATION_KEYS.get(axis)
     values = column(frame, param(key)) if key else column(frame, param("trial.value"))
     if axis == "kernels":
         return values.map(lambda v: "all" if v is not None and not pd.isna(v) and int(v) == 0 else v)

@@ -252,3 +252,9 @@ def test_sampled_baselines_give_hypotheses_with_the_spread_they_claim(tiny_store
     noise = out.hypotheses[:, 0, 5] - pose[0, 5]  # joint 5 of sample 0
     torch.testing.assert_close(noise.std(dim=0), scale, rtol=0.05, atol=0)
     assert torch.all(out.hypotheses[..., 0, :] == 0)
+
+
+def test_one_set_of_lifter_names_everywhere():
+    from diffpose.config import LIFTER_DEFAULTS, LIFTER_NAMES
+
+    assert set(LIFTERS) | {"diffpose"} == set(LIFTER_DEFAULTS) == set(LIFTER_NAMES)

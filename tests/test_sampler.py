@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from diffpose.diffusion.gmm import GaussianMixture, standard_normal
-from diffpose.diffusion.sampler import Denoiser, aggregate, sample, spread
+from diffpose.diffusion.sampler import Denoiser, sample
 from diffpose.diffusion.schedule import Schedule
+from diffpose.metrics import aggregate_hypotheses
 
 F64 = torch.float64
 B, J, C = 3, 17, 3
@@ -205,17 +206,9 @@ def test_sample_argument_checks(released: Schedule) -> None:
 
 def test_aggregate_mean_and_median() -> None:
     values = torch.tensor([1.0, 2.0, 3.0, 10.0]).reshape(4, 1, 1, 1)
-    assert aggregate(values, "mean").item() == 4.0
-    assert aggregate(values, "median").item() == 2.5
-    assert aggregate(torch.tensor([1.0, 5.0, 2.0]).reshape(3, 1, 1, 1), "median").item() == 2.0
-    assert aggregate(values).shape == (1, 1, 1)
-    with pytest.raises(ValueError, match="how"):
-        aggregate(values, "mode")
-
-
-def test_spread_is_the_root_trace_of_the_covariance() -> None:
-    samples = torch.zeros(2, 1, 2, 3)
-    samples[1, 0, 0] = torch.tensor([2.0, 0.0, 0.0])  # joint 0: variance (1, 0, 0)
-    samples[1, 0, 1] = torch.tensor([2.0, 2.0, 0.0])  # joint 1: variance (1, 1, 0)
-    torch.testing.assert_close(spread(samples), torch.tensor([[1.0, math.sqrt(2.0)]]))
-    assert spread(samples[:1]).abs().max().item() == 0.0
+    assert aggregate_hypotheses(values, "mean").item() == 4.0
+    assert aggregate_hypotheses(values, "median").item() == 2.5
+    assert aggregate_hypotheses(torch.tensor([1.0, 5.0, 2.0]).reshape(3, 1, 1, 1), "median").item() == 2.0
+    assert aggregate_hypotheses(values).shape == (1, 1, 1)
+    with pytest.raises(ValueError, match="aggregate"):
+        aggregate_hypotheses(values, "mode")

@@ -29,11 +29,6 @@ def world_to_camera(x: torch.Tensor, orientation: torch.Tensor, translation: tor
     return qrot(q, x - translation)
 
 
-def camera_to_world(x: torch.Tensor, orientation: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
-    """Camera points (..., 3) into world coordinates: ``R x + t``."""
-    return qrot(orientation.expand(*x.shape[:-1], 4), x) + translation
-
-
 def project(
     x: torch.Tensor,
     focal: torch.Tensor,

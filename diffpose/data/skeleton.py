@@ -47,13 +47,6 @@ def adjacency(self_loops: bool = False) -> np.ndarray:
     return a
 
 
-def normalized_adjacency() -> np.ndarray:
-    """D^-1/2 (A + I) D^-1/2, the propagation matrix of a graph convolution (Kipf and Welling)."""
-    a = adjacency(self_loops=True)
-    d = 1.0 / np.sqrt(a.sum(1))
-    return (a * d[:, None] * d[None, :]).astype(np.float32)
-
-
 def scaled_laplacian() -> np.ndarray:
     """2 L / lambda_max - I with L = I - D^-1/2 A D^-1/2, the argument of Chebyshev graph filters."""
     a = adjacency(self_loops=False)

@@ -535,9 +535,3 @@ def mirror(pose: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     out[..., 0] = -out[..., 0]
     return out
 
-
-def mirror_gmm(gmm: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """Mirror of (..., J, M, 5) GMMs: mu_u -> -mu_u, joints swapped."""
-    out = gmm[..., perm, :, :].clone()
-    out[..., 1] = -out[..., 1]
-    return out

@@ -9,7 +9,6 @@ lines up after ``context.repeat(H, 1, ...)`` (``torch.Tensor.repeat``, not ``rep
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -78,24 +77,3 @@ def sample(
         x = schedule.ddim_step(x, t, t_prev, out, eta, noise, mu, sigma, predict)
     return x
 
-
-def aggregate(samples: Tensor, how: Literal["mean", "median"] = "mean") -> Tensor:
-    """One pose per sample from ``samples (H, B, J, C)``: the per-coordinate mean or median -> ``(B, J, C)``.
-
-    The median of an even ``H`` is the midpoint of the two middle values.
-    """
-    if how == "mean":
-        return samples.mean(0)
-    if how == "median":
-        ordered = samples.sort(dim=0).values
-        h = samples.shape[0]
-        return 0.5 * (ordered[(h - 1) // 2] + ordered[h // 2])
-    raise ValueError(f"aggregate: how must be 'mean' or 'median', got {how!r}")
-
-
-def spread(samples: Tensor) -> Tensor:
-    """Per-joint spread of the hypotheses, ``(B, J)``: ``sqrt(trace Cov_h[x_bj])``, population covariance.
-
-    In the pose unit; 0 for a single hypothesis.
-    """
-    return samples.var(dim=0, correction=0).sum(-1).sqrt()
