@@ -14,6 +14,8 @@ MOCAP_ROOT ?= ../shared/data/mocap17
 SUITE ?= ablations/demo.toml
 SEARCH ?= ablations/search_demo.toml
 PYTEST_ARGS ?=
+# Where `make bench` measures: auto (CUDA with bf16 autocast, then MPS, else the CPU), cpu, cuda, cuda:1, mps
+DEVICE ?= auto
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -22,7 +24,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 MLFLOW_PORT ?= 5000
 
-.PHONY: help setup test lint prepare bench ablate tune report mlflow-ui clean
+.PHONY: help setup test lint prepare bench gpu-check ablate tune report mlflow-ui clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,8 +48,11 @@ $(STORES)/mocap17/meta.json: | setup
 
 prepare: $(STORES)/mocap17/meta.json ## Prepare the store of the shipped mocap stand-in
 
-bench: setup $(STORES)/mocap17/meta.json ## Speed and memory benchmarks -> bench.json
-	$(BIN)/diffpose-bench bench --store $(STORES)/mocap17 --out bench.json
+bench: setup $(STORES)/mocap17/meta.json ## Speed and memory benchmarks on DEVICE (default: the loop's pick) -> bench.json
+	$(BIN)/diffpose-bench bench --store $(STORES)/mocap17 --out bench.json --device $(DEVICE)
+
+gpu-check: setup $(STORES)/mocap17/meta.json ## On a CUDA machine (<= 5 min): CUDA tests, an autocast epoch of DiffPose full and refiner, bench -> RESULTS/gpu_check.json
+	$(BIN)/python -m benchmark.gpu_check --store $(STORES)/mocap17 --out $(RESULTS)/gpu_check.json
 
 ablate: setup ## Run the ablation suite SUITE (default ablations/demo.toml) on Ray, then the report
 	$(LOOPBACK) $(BIN)/diffpose-bench ablate --suite $(SUITE) --results $(RESULTS)

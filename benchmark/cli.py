@@ -1,4 +1,5 @@
-"""`diffpose-bench`: prepare stores, train and evaluate lifters, run suites and searches, build reports.
+"""`diffpose-bench`: prepare stores, train and evaluate lifters, lift a user's 2D keypoints, fit GMMs to
+heatmaps, run suites and searches, build reports.
 
 Bad input (a missing or malformed file, an unknown config key) prints one line naming the file and the
 problem to stderr and exits with status 2.
@@ -10,6 +11,7 @@ import argparse
 import errno
 import json
 import logging
+import re
 import sys
 import time
 import tomllib
@@ -188,13 +190,107 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device(name: str, flag: str = "--device") -> str:
+    """A device name this machine has (``auto``: CUDA, then MPS, else the CPU); else a :class:`ConfigError`
+    naming ``flag``."""
+    from diffpose.train import pick_device
+
+    if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name) is None:
+        raise ConfigError(f"{flag}: must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {name!r}")
+    try:
+        pick_device(name)
+    except ConfigError:
+        raise ConfigError(f"{flag}: {name!r} is not available on this machine") from None
+    return name
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from benchmark.speed import run_bench, summary_lines
 
     _output_file(args.out)
-    result = run_bench(args.store, args.out, threads=args.threads, quick=args.quick)
+    device = _device(args.device)
+    result = run_bench(args.store, args.out, threads=args.threads, quick=args.quick, device=device)
     print("\n".join(summary_lines(result)))
     print(f"wrote {args.out}")
+    return 0
+
+
+def _animations(kind: str) -> list[str]:
+    """The animations ``--animation`` asks for: ``auto`` is a GIF, and an MP4 where ffmpeg exists."""
+    from reports.animation import ffmpeg_available
+
+    if kind == "mp4" and not ffmpeg_available():
+        raise ConfigError("--animation mp4: ffmpeg is not on this machine (or take --animation gif)")
+    return {"auto": ["gif"] + (["mp4"] if ffmpeg_available() else []), "gif": ["gif"], "mp4": ["mp4"],
+            "none": []}[kind]
+
+
+def _cmd_lift(args: argparse.Namespace) -> int:
+    """Read and check everything first; the outputs appear together at the end, or not at all."""
+    from diffpose.data.keypoints import read_keypoints
+    from diffpose.lift import lift, save_json, save_npz, write_outputs
+    from reports.animation import save_animation, save_png, scene
+
+    if args.out.exists() and not args.out.is_dir():
+        raise DataError(args.out, "--out is a file; give a directory")
+    device = _device(args.device)
+    kinds = _animations(args.animation)
+    if not args.fps > 0:
+        raise ConfigError(f"--fps: must be > 0, got {args.fps}")
+    kp = read_keypoints(args.keypoints, args.format, width=args.width, height=args.height,
+                        min_score=args.min_score, sigma_px=args.sigma, subject=args.subject, action=args.action,
+                        camera=args.camera)
+    frame = kp.frames // 2 if args.frame is None else args.frame
+    if not 0 <= frame < kp.frames:
+        raise ConfigError(f"--frame: {frame} is not a frame of the sequence (0 to {kp.frames - 1})")
+    lifted = lift(args.checkpoint, kp, device=device, threads=args.threads)
+    picture = scene(lifted, kp)
+    files = {"lifted.npz": lambda p: save_npz(p, lifted, kp), "lifted.json": lambda p: save_json(p, lifted, kp),
+             f"lifted_frame{frame:05d}.png": lambda p: save_png(picture, frame, p)}
+    for kind in kinds:
+        files[f"lifted.{kind}"] = lambda p, kind=kind: save_animation(picture, p, kind, fps=args.fps)
+    write_outputs(args.out, files)
+    clip = f", {kp.notes['clip']}" if "clip" in kp.notes else ""
+    spread = "" if lifted.spread is None else (f"; hypotheses' spread {lifted.spread.mean() * 1000:.1f} mm "
+                                               f"(mean over joints and frames, N = {lifted.hypotheses})")
+    print(f"lifted {kp.frames} frames of {kp.path} ({kp.format}{clip}; {int(kp.filled.sum())} joint-frames filled "
+          f"in) with {lifted.config.model.lifter} on {lifted.device}{spread}")
+    print(f"wrote {args.out}: {', '.join(files)}")
+    return 0
+
+
+def _cmd_fit_gmm(args: argparse.Namespace) -> int:
+    """Every file is read and checked, and the clips' keys too, before anything is fitted or written."""
+    import numpy as np
+
+    from diffpose.data.detections import detection_paths
+    from diffpose.data.heatmaps import FittedClip, check_keys, fit_clip, read_heatmaps, write_gmm_files
+
+    if args.out.exists() and not args.out.is_dir():
+        raise DataError(args.out, "--out is a file; give a directory")
+    try:
+        detection_paths(args.out, args.name, args.detector)
+    except ValueError as e:
+        raise ConfigError(f"--name/--detector: {e}") from None
+    if args.kernels < 1:
+        raise ConfigError(f"--kernels: must be >= 1, got {args.kernels}")
+    if not 0.0 <= args.peak_ratio <= 1.0:
+        raise ConfigError(f"--peak-ratio: must be in [0, 1], got {args.peak_ratio}")
+    if args.camera is not None and args.camera < 0:
+        raise ConfigError(f"--camera: must be >= 0, got {args.camera}")
+    clips = [read_heatmaps(p) for p in args.heatmaps]
+    keys = [(c.subject or args.subject or c.path.stem, c.action or args.action or "custom",
+             c.camera if c.camera is not None else args.camera or 0) for c in clips]
+    check_keys([(k, c.path) for k, c in zip(keys, clips, strict=True)])
+    fitted = [FittedClip(subject=k[0], action=k[1], camera=k[2], gmm=fit_clip(c, args.kernels, args.layout,
+                                                                              args.peak_ratio),
+                         image_size=c.image_size, path=c.path) for k, c in zip(keys, clips, strict=True)]
+    plain, gmm = write_gmm_files(args.out, args.name, args.detector, fitted)
+    live = np.concatenate([(f.gmm[..., 0] > 0).sum(-1).ravel() for f in fitted])
+    frames = sum(f.gmm.shape[0] for f in fitted)
+    print(f"fitted {args.kernels}-kernel mixtures to {frames} frames x 17 joints of {len(fitted)} clip(s) "
+          f"({args.layout} heatmaps): {live.mean():.2f} live kernels per joint on average")
+    print(f"wrote {gmm} and {plain}")
     return 0
 
 
@@ -274,7 +370,54 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--out", type=Path, default=Path("bench.json"))
     be.add_argument("--threads", type=int, default=0, help="torch threads (default: all CPUs)")
     be.add_argument("--quick", action="store_true", help="fewer repeats")
+    be.add_argument("--device", default="auto",
+                    help="where to measure: auto (CUDA with bf16 autocast, then MPS, else the CPU), cpu, cuda, "
+                         "cuda:N, mps")
     be.set_defaults(func=_cmd_bench)
+
+    li = sub.add_parser("lift", help="lift a 2D keypoint sequence (MMPose JSON, npz, CSV, VideoPose3D file, store "
+                                     "clip) with a trained checkpoint: 3D npz, PNG, GIF/MP4")
+    li.add_argument("checkpoint", type=Path, help="a checkpoint written by `train` (best.pt)")
+    li.add_argument("--keypoints", required=True, type=Path,
+                    help="the 2D file (or a store, or a directory of MMPose per-image JSON files)")
+    li.add_argument("--out", required=True, type=Path, help="output directory")
+    li.add_argument("--format", default="auto", choices=["auto", "coco", "npz", "csv", "videopose3d", "store"],
+                    help="the keypoint file's format (default: told by its content)")
+    li.add_argument("--width", type=int, help="image width in pixels (where the file records none)")
+    li.add_argument("--height", type=int, help="image height in pixels")
+    li.add_argument("--min-score", type=float, default=0.3,
+                    help="joints scored below this are filled in by interpolation in time (default 0.3)")
+    li.add_argument("--sigma", type=float, default=5.0,
+                    help="std (pixels) of the one GMM kernel given to a file without GMMs (filled joints 3x)")
+    li.add_argument("--subject", help="store / VideoPose3D file: the clip's subject")
+    li.add_argument("--action", help="store / VideoPose3D file: the clip's action")
+    li.add_argument("--camera", type=int, help="store / VideoPose3D file: the clip's camera index")
+    li.add_argument("--device", default="auto", help="auto (CUDA, then MPS, else the CPU), cpu, cuda, cuda:N, mps")
+    li.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    li.add_argument("--frame", type=int, help="the frame (index from 0) drawn as PNG (default: the middle one)")
+    li.add_argument("--animation", default="auto", choices=["auto", "gif", "mp4", "none"],
+                    help="auto: a GIF, and an MP4 where ffmpeg exists")
+    li.add_argument("--fps", type=float, default=25.0, help="frame rate of the animation")
+    li.set_defaults(func=_cmd_lift)
+
+    fg = sub.add_parser("fit-gmm", help="fit M-kernel 2D GMMs to heatmaps: DiffPose's GMM npz (and the plain "
+                                        "detections) that `prepare` reads")
+    fg.add_argument("heatmaps", nargs="+", type=Path,
+                    help="npz per clip: heatmaps (T, 17, H, W) and boxes (T, 4) or affine (T, 2, 3); optional "
+                         "image_size, subject, action, camera")
+    fg.add_argument("--out", required=True, type=Path, help="output directory")
+    fg.add_argument("--name", default="custom", help="file name part: data_2d_<name>_<detector>_gmm.npz (h36m for "
+                                                     "`prepare --dataset h36m`)")
+    fg.add_argument("--detector", default="heatmap", help="file name part (prepare's --detector)")
+    fg.add_argument("--kernels", type=int, default=3, help="M, kernels per joint (default 3, as DiffPose's files)")
+    fg.add_argument("--layout", default="coco", choices=["coco", "h36m"],
+                    help="the heatmaps' joint order: COCO-17 (mapped to ours) or ours")
+    fg.add_argument("--peak-ratio", type=float, default=0.1,
+                    help="a peak below this fraction of the highest seeds no kernel (default 0.1)")
+    fg.add_argument("--subject", help="the clips' subject where a file names none (default: the file's stem)")
+    fg.add_argument("--action", help="the clips' action where a file names none (default: custom)")
+    fg.add_argument("--camera", type=int, help="the clip's camera index where a file names none (default 0)")
+    fg.set_defaults(func=_cmd_fit_gmm)
     return p
 
 

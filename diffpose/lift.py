@@ -92,10 +92,12 @@ def load(checkpoint: str | Path, device: torch.device) -> tuple[Lifter, Config]:
     return lifter, cfg
 
 
-def lift(checkpoint: str | Path, kp: Keypoints, *, device: str = "auto", threads: int = 0) -> Lifted:
-    """Lift ``kp`` with the checkpoint's lifter on ``device`` (``auto``: CUDA, then MPS, else the CPU)."""
+def lift(checkpoint: str | Path, kp: Keypoints, *, device: str = "auto", threads: int | None = None) -> Lifted:
+    """Lift ``kp`` with the checkpoint's lifter on ``device`` (``auto``: CUDA, then MPS, else the CPU), with
+    ``threads`` torch CPU threads (None: as they are; 0: the CPUs this process may use)."""
     dev = pick_device(device)
-    set_threads(threads)
+    if threads is not None:
+        set_threads(threads)
     lifter, cfg = load(checkpoint, dev)
     store = sequence_store(kp, cfg.data.kernels)
     sampler = Sampler(store, frames=cfg.data.frames, kernels=cfg.data.kernels, device=dev)

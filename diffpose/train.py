@@ -14,7 +14,8 @@ import math
 import os
 import pickle
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,19 @@ def set_threads(threads: int) -> int:
         threads = int(env) if env and env.isdigit() else len(os.sched_getaffinity(0))
     torch.set_num_threads(max(1, threads))
     return torch.get_num_threads()
+
+
+@contextmanager
+def process_settings(threads: int) -> Iterator[int]:
+    """What a training or an evaluation sets in the process for as long as it runs, and restores after:
+    torch's CPU threads (the trial's share, :func:`set_threads`) and torch's global CPU random state (the
+    model's initialisation draws from it, and a training seeds it). Yields the threads in use."""
+    before = torch.get_num_threads()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield set_threads(threads)
+        finally:
+            torch.set_num_threads(before)
 
 
 @dataclass
@@ -288,10 +302,16 @@ def fit(
     ``out_dir/../encoders``) and frozen.
 
     ``on_epoch(metrics, checkpoint_path)`` is called after each epoch's checkpoint is written (and, on a
-    resume, for each epoch done before).
+    resume, for each epoch done before). Threads and torch's global random state are the training's while it
+    runs and the caller's again after (:func:`process_settings`).
     """
+    with process_settings(cfg.train.threads):
+        return _fit(cfg, Path(out_dir), Path(cache) if cache else None, on_epoch, progress)
+
+
+def _fit(cfg: Config, out_dir: Path, cache: Path | None, on_epoch: Callable[[dict[str, float], Path], None] | None,
+         progress: bool) -> FitResult:
     # 1. What is given, checked before anything is built or written.
-    out_dir = Path(out_dir)
     device = pick_device(cfg.train.device)
     store = PoseStore.open(cfg.data.store)
     identity = cfg.identity(store.meta["fingerprint"])
@@ -305,12 +325,11 @@ def fit(
     # 2. The frozen context encoder, trained first (or found) by its own recipe.
     encoder = None
     if cfg.uses_encoder:
-        done = trained(cfg.encoder_config(), Path(cache) if cache else out_dir.parent / "encoders",
-                       progress=progress)
+        done = trained(cfg.encoder_config(), cache or out_dir.parent / "encoders", progress=progress)
         encoder = load_lifter(done.best_checkpoint).net
 
     # 3. The lifter with its training-split statistics, the optimiser and its schedule.
-    threads = set_threads(cfg.train.threads)
+    threads = torch.get_num_threads()
     torch.manual_seed(cfg.train.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
     t = cfg.train
@@ -681,8 +700,12 @@ def evaluate(cfg: Config, checkpoint: str | Path, split: str = "test", *, device
     """Evaluate a checkpoint of :func:`fit` on ``split`` ("test" or "val") as ``cfg`` says (the checkpoint's
     config, evaluation keys aside: :meth:`Config.for_evaluation`): the dict written as JSON by the CLI, with
     per-action P1/P2 (and PCK/AUC on MPI-INF-3DHP), parameters and FLOPs per pose."""
-    dev = pick_device(device or cfg.train.device)
-    set_threads(cfg.train.threads)
+    with process_settings(cfg.train.threads):
+        return _evaluate(cfg, Path(checkpoint), split, pick_device(device or cfg.train.device), save_predictions)
+
+
+def _evaluate(cfg: Config, checkpoint: Path, split: str, dev: torch.device, save_predictions: Path | None
+              ) -> dict[str, Any]:
     state = load_checkpoint(checkpoint, dev)
     store = PoseStore.open(cfg.data.store)
     rows = splits(cfg, store)

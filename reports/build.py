@@ -97,8 +97,9 @@ def build_report(tracking_uri: str, experiment: str, out_dir: Path, *, parquet: 
     sections = search_sections(tracking_uri, experiment)
     if sections:  # a search's trials are reported by its section: they have no test metrics for the tables
         frame = frame[column(frame, param("trial.axis")) != "search"]
-    return _build(frame, out_dir, parquet, source, _mlflow_artifacts(tracking_uri) if figures else None,
-                  sections)
+    with tempfile.TemporaryDirectory(prefix="diffpose-report-") as scratch:  # artifacts of a remote store
+        find = _mlflow_artifacts(tracking_uri, Path(scratch)) if figures else None
+        return _build(frame, out_dir, parquet, source, find, sections)
 
 
 def build_report_from_parquet(parquet: Path, out_dir: Path, *, figures: bool = True) -> ReportSummary:
@@ -126,8 +127,8 @@ def local_artifact(run: pd.Series, name: str = "predictions.npz") -> Path | None
     return path if path.exists() else None
 
 
-def _mlflow_artifacts(tracking_uri: str) -> ArtifactFinder:
-    scratch = Path(tempfile.mkdtemp(prefix="diffpose-report-"))
+def _mlflow_artifacts(tracking_uri: str, scratch: Path) -> ArtifactFinder:
+    """Each run's predictions.npz: where it lies for a local store, else downloaded into ``scratch``."""
 
     def find(run: pd.Series) -> Path | None:
         uri = run.get("artifact_uri")

@@ -124,19 +124,14 @@ def pull_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
     Suite (parent) runs are dropped: a trial has the tag ``diffpose.role = trial`` (or, when a logger
     did not set the tag, a ``trial.dataset`` param).
     """
-    import mlflow
+    from mlflow.tracking import MlflowClient
 
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        found = mlflow.get_experiment_by_name(experiment)
-        runs = None if found is None else mlflow.search_runs(experiment_ids=[found.experiment_id],
-                                                             output_format="pandas")
-    finally:
-        mlflow.set_tracking_uri(previous)
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
     if found is None:
         log.warning("no experiment %r at %s", experiment, tracking_uri)
         return pd.DataFrame({"run_id": pd.Series(dtype="str"), "status": pd.Series(dtype="str")})
+    runs = _runs_frame(_every_run(client, found.experiment_id))
     if runs.empty:
         return pd.DataFrame({"run_id": pd.Series(dtype="str"), "status": pd.Series(dtype="str")})
     role = runs.get(tag("diffpose.role"), pd.Series(None, index=runs.index, dtype="object"))
@@ -146,6 +141,35 @@ def pull_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
     trials = trials.drop(columns=[c for c in ("experiment_id",) if c in trials.columns]).reset_index(drop=True)
     trials[CURVE] = learning_curves(tracking_uri, list(trials["run_id"]))
     return type_params(trials).sort_values("run_id", ignore_index=True)
+
+
+def _every_run(client: Any, experiment_id: str, page: int = 1000) -> list[Any]:
+    """Every run of the experiment, page by page (MLflow caps one search's results)."""
+    runs, token = [], None
+    while True:
+        batch = client.search_runs([experiment_id], max_results=page, page_token=token)
+        runs += list(batch)
+        token = batch.token
+        if not token:
+            return runs
+
+
+def _runs_frame(runs: list[Any]) -> pd.DataFrame:
+    """Runs as a DataFrame with MLflow's own column names (run_id, status, artifact_uri, start_time, end_time,
+    params.*, metrics.* with each metric's latest value, tags.*), times as UTC timestamps."""
+    records = []
+    for r in runs:
+        record = {"run_id": r.info.run_id, "status": r.info.status, "artifact_uri": r.info.artifact_uri,
+                  "start_time": r.info.start_time, "end_time": r.info.end_time}
+        record |= {param(k): v for k, v in r.data.params.items()}
+        record |= {metric(k): v for k, v in r.data.metrics.items()}
+        record |= {tag(k): v for k, v in r.data.tags.items()}
+        records.append(record)
+    frame = pd.DataFrame.from_records(records)
+    for col in ("start_time", "end_time"):
+        if col in frame.columns:
+            frame[col] = pd.to_datetime(frame[col], unit="ms", utc=True)
+    return frame
 
 
 def learning_curves(tracking_uri: str, run_ids: list[str]) -> list[list[float]]:

@@ -553,3 +553,14 @@ def test_report_tex_compiles_to_a_pdf_with_the_numbers(demo_report):
     if shutil.which("pdftotext"):
         text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True).stdout
         assert "43.8" in text and "49.7" in text and "Ablation: GMM-based forward diffusion" in text
+
+
+def test_runs_are_pulled_page_by_page_and_none_is_missed(tracking):
+    from mlflow.tracking import MlflowClient
+
+    from reports.results import _every_run
+
+    client = MlflowClient(tracking)
+    exp = client.get_experiment_by_name("demo").experiment_id
+    every = {r.info.run_id for r in _every_run(client, exp)}
+    assert {r.info.run_id for r in _every_run(client, exp, page=3)} == every and len(every) > 3 * 5

@@ -147,3 +147,13 @@ def test_multi_hypothesis_evaluation_reports_oracle_and_spread(mocap_store, tmp_
     pred = np.load(tmp_path / "pred.npz")
     assert pred["spread"].shape == pred["pose"].shape[:2]
     assert (pred["spread"][:, 0] == 0).all() and (pred["spread"][:, 1:] > 0).all()  # root-relative
+
+
+def test_fit_leaves_the_callers_threads_and_random_state_as_they_were(mocap_store, tmp_path):
+    cfg = tiny(mocap_store, **{"model.lifter": "graformer", "train.epochs": 1, "train.threads": 2})
+    torch.set_num_threads(1)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    fit(cfg, tmp_path / "run", progress=False)
+    assert torch.get_num_threads() == 1
+    assert torch.equal(torch.get_rng_state(), state)

@@ -277,25 +277,35 @@ class FittedClip:
     path: Path
 
 
+def check_keys(keys: Sequence[tuple[tuple[str, str, int], Path]]) -> None:
+    """Clip keys (subject, action, camera) with the files they come from: each key once, and every
+    (subject, action) with cameras 0..C-1, as VideoPose3D's per-camera lists need."""
+    seen: dict[tuple[str, str], dict[int, Path]] = {}
+    for (subject, action, camera), path in keys:
+        cams = seen.setdefault((subject, action), {})
+        if camera in cams:
+            raise DataError(path, f"{subject}/{action}/camera {camera} is also {cams[camera]} (name the clips "
+                                  "apart: 'subject', 'action', 'camera' members or flags)")
+        cams[camera] = path
+    for (subject, action), cams in seen.items():
+        if sorted(cams) != list(range(len(cams))):
+            raise DataError(cams[min(cams)], f"{subject}/{action}: cameras {sorted(cams)}; a VideoPose3D file "
+                                             f"lists cameras 0..{len(cams) - 1}")
+
+
 def collect(clips: Sequence[FittedClip]) -> tuple[dict, dict, dict]:
-    """(detections, gmms, metadata) in VideoPose3D's nesting; every (subject, action) needs cameras 0..C-1
-    once each, and one image size per subject."""
+    """(detections, gmms, metadata) in VideoPose3D's nesting (keys checked by :func:`check_keys`); one image
+    size per subject."""
+    check_keys([((c.subject, c.action, c.camera), c.path) for c in clips])
     nested: dict[str, dict[str, dict[int, FittedClip]]] = {}
     for c in clips:
-        seen = nested.setdefault(c.subject, {}).setdefault(c.action, {})
-        if c.camera in seen:
-            raise DataError(c.path, f"{c.subject}/{c.action}/camera {c.camera} is also {seen[c.camera].path}")
-        seen[c.camera] = c
+        nested.setdefault(c.subject, {}).setdefault(c.action, {})[c.camera] = c
     detections: dict = {}
     gmm: dict = {}
     video: dict[str, dict[str, int]] = {}
     for subject, actions in nested.items():
         detections[subject], gmm[subject] = {}, {}
         for action, cams in actions.items():
-            if sorted(cams) != list(range(len(cams))):
-                first = cams[min(cams)]
-                raise DataError(first.path, f"{subject}/{action}: cameras {sorted(cams)}; a VideoPose3D file lists "
-                                            f"cameras 0..{len(cams) - 1} (give --camera or a 'camera' member)")
             gmm[subject][action] = [cams[i].gmm for i in range(len(cams))]
             detections[subject][action] = [cams[i].gmm[:, :, 0, 1:3].copy() for i in range(len(cams))]
             for c in cams.values():
