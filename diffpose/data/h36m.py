@@ -366,13 +366,12 @@ def read_h36m_format(
     """
     if path_2d is None and path_gmm is None:
         raise ValueError("read_h36m_format needs a 2D file, a GMM file or both")
+    # 1. Read and check every file.
     path_3d = Path(path_3d)
     poses_3d = read_poses_3d(path_3d)
-    p2d = Path(path_2d) if path_2d is not None else None
-    pgmm = Path(path_gmm) if path_gmm is not None else None
-    plain = read_poses_2d(p2d) if p2d is not None else None
-    mixtures = read_gmm_2d(pgmm) if pgmm is not None else None
-
+    sources = _Sources(Path(path_2d) if path_2d is not None else None,
+                       Path(path_gmm) if path_gmm is not None else None)
+    # 2. The subjects to read: in the 3D file, with cameras, each in exactly one split.
     chosen = list(poses_3d) if subjects is None else list(subjects)
     for subject in chosen:
         if subject not in poses_3d:
@@ -380,27 +379,12 @@ def read_h36m_format(
         if not cameras.get(subject):
             raise DataError(path_3d, f"subject {subject}: no cameras (cameras known for {sorted(cameras)})")
     _check_splits(Path(split_source) if split_source is not None else path_3d, splits, chosen)
-
+    # 3. One clip per (subject, action, camera): the 2D of each camera, the 3D in each camera's frame.
     clips: list[Clip] = []
-    trimmed = 0
     for subject in chosen:
         cams = cameras[subject]
         for action, world in poses_3d[subject].items():
-            frames, where = world.shape[0], f"{subject}/{action}"
-            pose_2d = gmm = None
-            if plain is not None:
-                pose_2d, n = _trim(p2d, _per_action(p2d, plain, subject, action, len(cams)), frames, where)
-                trimmed += n
-            if mixtures is not None:
-                raw = _per_action(pgmm, mixtures, subject, action, len(cams))
-                for c, g in enumerate(raw):
-                    if plain is not None and g.shape[0] != plain[subject][action][c].shape[0]:
-                        n2d = plain[subject][action][c].shape[0]
-                        raise DataError(pgmm, f"{where}/cam{c}: {g.shape[0]} GMM frames, 2D file {n2d}")
-                gmm, n = _trim(pgmm, raw, frames, where)
-                trimmed += 0 if plain is not None else n
-            pose_2d = pose_2d if pose_2d is not None else [strongest_kernel_mean(g) for g in gmm]
-            gmm = gmm if gmm is not None else [single_kernel_gmm(p, sigma_px) for p in pose_2d]
+            pose_2d, gmm = sources.per_camera(subject, action, len(cams), world.shape[0], sigma_px)
             world.setflags(write=False)  # one array shared by the clips of every camera
             pose_3d = camera_frame(world, cams)  # (C, T, 17, 3)
             clips.extend(
@@ -408,27 +392,69 @@ def read_h36m_format(
                     subject=subject, action=action, camera=c, width=cam.width, height=cam.height,
                     pose_2d=np.ascontiguousarray(pose_2d[c], dtype=np.float32),
                     gmm=np.ascontiguousarray(gmm[c], dtype=np.float32),
-                    pose_3d=pose_3d[c], world_3d=world, valid=np.ones(frames, dtype=bool),
+                    pose_3d=pose_3d[c], world_3d=world, valid=np.ones(world.shape[0], dtype=bool),
                 )
                 for c, cam in enumerate(cams)
             )
-        for source, data in ((p2d, plain), (pgmm, mixtures)):
-            extra = sorted(set(data.get(subject, {})) - set(poses_3d[subject])) if data is not None else []
+        sources.note_extra_actions(subject, poses_3d[subject])
+    # 4. What was read, recorded in the store.
+    info = SourceInfo(
+        dataset=dataset, detector=detector, splits={k: tuple(v) for k, v in splits.items()}, fps=float(fps),
+        files=(str(path_3d), *sources.files), notes=sources.notes(sigma_px),
+    )
+    return info, clips
+
+
+class _Sources:
+    """The 2D files of a VideoPose3D-format source: plain detections, DiffPose's GMMs, or both."""
+
+    def __init__(self, path_2d: Path | None, path_gmm: Path | None):
+        self.path_2d, self.path_gmm = path_2d, path_gmm
+        self.plain = read_poses_2d(path_2d) if path_2d is not None else None
+        self.mixtures = read_gmm_2d(path_gmm) if path_gmm is not None else None
+        self.trimmed = 0
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return tuple(str(p) for p in (self.path_2d, self.path_gmm) if p is not None)
+
+    def per_camera(self, subject: str, action: str, cameras: int, frames: int, sigma_px: float
+                   ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per camera, the 2D (T, 17, 2) and the GMM (T, 17, M, 5) of a sequence of ``frames`` 3D frames:
+        ``pose_2d`` from the plain file, else the GMM's highest-weight kernel means; the GMM from its file,
+        else one kernel of ``sigma_px`` around ``pose_2d``."""
+        where = f"{subject}/{action}"
+        pose_2d = gmm = None
+        if self.plain is not None:
+            pose_2d, n = _trim(self.path_2d, _per_action(self.path_2d, self.plain, subject, action, cameras),
+                               frames, where)
+            self.trimmed += n
+        if self.mixtures is not None:
+            raw = _per_action(self.path_gmm, self.mixtures, subject, action, cameras)
+            for c, g in enumerate(raw):
+                if self.plain is not None and g.shape[0] != self.plain[subject][action][c].shape[0]:
+                    n2d = self.plain[subject][action][c].shape[0]
+                    raise DataError(self.path_gmm, f"{where}/cam{c}: {g.shape[0]} GMM frames, 2D file {n2d}")
+            gmm, n = _trim(self.path_gmm, raw, frames, where)
+            self.trimmed += 0 if self.plain is not None else n
+        pose_2d = pose_2d if pose_2d is not None else [strongest_kernel_mean(g) for g in gmm]
+        gmm = gmm if gmm is not None else [single_kernel_gmm(p, sigma_px) for p in pose_2d]
+        return pose_2d, gmm
+
+    def note_extra_actions(self, subject: str, actions_3d: Mapping[str, np.ndarray]) -> None:
+        for source, data in ((self.path_2d, self.plain), (self.path_gmm, self.mixtures)):
+            extra = sorted(set(data.get(subject, {})) - set(actions_3d)) if data is not None else []
             if extra:
                 log.info("%s: %s: actions without 3D skipped: %s", source, subject, extra)
 
-    files = tuple(str(p) for p in (path_3d, p2d, pgmm) if p is not None)
-    notes = {
-        "pose_2d": f"positions_2d of {p2d.name}" if p2d else f"highest-weight kernel means of {pgmm.name}",
-        "gmm": pgmm.name if pgmm else f"single kernel at pose_2d, sigma {sigma_px:g} px",
-        "pose_3d": "world_to_camera of positions_3d per camera (metres, absolute)",
-        "trimmed_2d": f"{trimmed} per-camera 2D sequences cut to the 3D length",
-    }
-    info = SourceInfo(
-        dataset=dataset, detector=detector, splits={k: tuple(v) for k, v in splits.items()}, fps=float(fps),
-        files=files, notes=notes,
-    )
-    return info, clips
+    def notes(self, sigma_px: float) -> dict[str, str]:
+        p2d, pgmm = self.path_2d, self.path_gmm
+        return {
+            "pose_2d": f"positions_2d of {p2d.name}" if p2d else f"highest-weight kernel means of {pgmm.name}",
+            "gmm": pgmm.name if pgmm else f"single kernel at pose_2d, sigma {sigma_px:g} px",
+            "pose_3d": "world_to_camera of positions_3d per camera (metres, absolute)",
+            "trimmed_2d": f"{self.trimmed} per-camera 2D sequences cut to the 3D length",
+        }
 
 
 def read_h36m(
