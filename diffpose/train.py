@@ -363,7 +363,8 @@ def _fit(cfg: Config, out_dir: Path, cache: Path | None, on_epoch: Callable[[dic
     # 5. Epochs: train, validate, checkpoint, until train.epochs or convergence.
     log.info("training %s on %s (%d threads): %d train / %d val frames, %d parameters", cfg.model.lifter,
              device, threads, len(rows.train), len(rows.val), sum(p.numel() for p in params))
-    for epoch in range(start_epoch, 0 if stopped else t.epochs):
+    last = 0 if stopped else t.epochs if params else 1  # nothing to train: one epoch computes what there is
+    for epoch in range(start_epoch, last):
         t_epoch = time.perf_counter()
         loss, seen, lr = 0.0, 0, t.lr
         if optimizer is not None:
