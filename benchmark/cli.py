@@ -243,7 +243,15 @@ def _cmd_lift(args: argparse.Namespace) -> int:
     frame = kp.frames // 2 if args.frame is None else args.frame
     if not 0 <= frame < kp.frames:
         raise ConfigError(f"--frame: {frame} is not a frame of the sequence (0 to {kp.frames - 1})")
-    lifted = lift(args.checkpoint, kp, device=device, threads=args.threads)
+    cfg = None
+    changes = _changes(args)
+    if changes:  # evaluation-only keys on top of the checkpoint's config, as `evaluate` takes them
+        from diffpose.train import checkpoint_config, load_checkpoint
+
+        cfg = checkpoint_config(load_checkpoint(args.checkpoint), args.checkpoint)
+        for change, source in changes:
+            cfg = cfg.for_evaluation(change, source=source)
+    lifted = lift(args.checkpoint, kp, device=device, threads=args.threads, config=cfg)
     picture = scene(lifted, kp)
     files = {"lifted.npz": lambda p: save_npz(p, lifted, kp), "lifted.json": lambda p: save_json(p, lifted, kp),
              f"lifted_frame{frame:05d}.png": lambda p: save_png(picture, frame, p)}
@@ -398,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--animation", default="auto", choices=["auto", "gif", "mp4", "none"],
                     help="auto: a GIF, and an MP4 where ffmpeg exists")
     li.add_argument("--fps", type=float, default=25.0, help="frame rate of the animation")
+    _config_args(li)
     li.set_defaults(func=_cmd_lift)
 
     fg = sub.add_parser("fit-gmm", help="fit M-kernel 2D GMMs to heatmaps: DiffPose's GMM npz (and the plain "

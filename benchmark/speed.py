@@ -249,11 +249,13 @@ def run_bench(store_path: Path, out: Path, *, threads: int = 0, batch_size: int 
     threads = set_threads(threads)
     dev = pick_device(device)
     torch.manual_seed(0)
+    info = device_info(dev)
     result: dict[str, Any] = {
         "machine": {"processor": platform.processor() or platform.machine(), "threads": threads,
                     "torch": torch.__version__, "python": platform.python_version()},
-        "device": device_info(dev),
-        "fp32_matmul_peak_gflops": matmul_peak_gflops(),
+        "device": info,
+        # The CPU's, whatever the device (the CPU's roofline of earlier bench.json files).
+        "fp32_matmul_peak_gflops": info["fp32_matmul_peak_gflops"] if dev.type == "cpu" else matmul_peak_gflops(),
         "store": bench_store(store_path, batch_size, repeats=5 if quick else 20, device=dev),
     }
     log.info("device: %s; store: %s", result["device"], result["store"])

@@ -13,6 +13,7 @@ sigma); a lifter trained on M kernels gets the input's kernels heaviest first, p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -21,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from diffpose import metrics
 from diffpose.config import Config
@@ -29,16 +29,7 @@ from diffpose.data.keypoints import Keypoints
 from diffpose.data.skeleton import JOINT_NAMES, NUM_JOINTS
 from diffpose.data.source import DataError
 from diffpose.data.store import PoseStore, Sampler
-from diffpose.lifters import Lifter, Sampled, sampled
-from diffpose.train import (
-    checkpoint_config,
-    load_checkpoint,
-    load_lifter,
-    pick_device,
-    predict_rows,
-    set_threads,
-    splits,
-)
+from diffpose.train import load_lifter, pick_device, predict_rows, process_settings
 
 
 def sequence_store(kp: Keypoints, kernels: int = 0) -> PoseStore:
@@ -74,34 +65,18 @@ class Lifted:
     device: str
 
 
-def load(checkpoint: str | Path, device: torch.device) -> tuple[Lifter, Config]:
-    """A checkpoint's lifter (as ``sample.method`` evaluates it) on ``device``, and its config."""
-    cfg = checkpoint_config(load_checkpoint(checkpoint), checkpoint)
-    lifter = sampled(load_lifter(checkpoint, device), cfg)
-    if isinstance(lifter, Sampled) and lifter.method == "residual":
-        # Its noise is the covariance of the residuals on the validation subjects, as in evaluation.
-        try:
-            store = PoseStore.open(cfg.data.store)
-        except DataError as e:
-            raise DataError(checkpoint, f"sample.method 'residual' needs the training store's validation "
-                                        f"subjects ({e})") from None
-        rows = splits(cfg, store)
-        sampler = Sampler(store, frames=cfg.data.frames, kernels=cfg.data.kernels, device=device)
-        val = predict_rows(lifter.lifter, sampler, rows.val, cfg, generator_seed=cfg.train.seed)
-        lifter.fit_residuals(val["target"] - val["pose"])
-    return lifter, cfg
-
-
-def lift(checkpoint: str | Path, kp: Keypoints, *, device: str = "auto", threads: int | None = None) -> Lifted:
+def lift(checkpoint: str | Path, kp: Keypoints, *, device: str = "auto", threads: int | None = None,
+         config: Config | None = None) -> Lifted:
     """Lift ``kp`` with the checkpoint's lifter on ``device`` (``auto``: CUDA, then MPS, else the CPU), with
-    ``threads`` torch CPU threads (None: as they are; 0: the CPUs this process may use)."""
+    ``threads`` torch CPU threads for the run (None: as they are; 0: the CPUs this process may use; the
+    caller's threads and random state are restored after, :func:`diffpose.train.process_settings`), as
+    ``config`` says (default: the checkpoint's own; :func:`diffpose.train.load_lifter`)."""
     dev = pick_device(device)
-    if threads is not None:
-        set_threads(threads)
-    lifter, cfg = load(checkpoint, dev)
-    store = sequence_store(kp, cfg.data.kernels)
-    sampler = Sampler(store, frames=cfg.data.frames, kernels=cfg.data.kernels, device=dev)
-    pred = predict_rows(lifter, sampler, np.arange(kp.frames), cfg, generator_seed=cfg.train.seed)
+    with process_settings(threads) if threads is not None else contextlib.nullcontext():
+        lifter, cfg = load_lifter(checkpoint, dev, config)
+        store = sequence_store(kp, cfg.data.kernels)
+        sampler = Sampler(store, frames=cfg.data.frames, kernels=cfg.data.kernels, device=dev)
+        pred = predict_rows(lifter, sampler, np.arange(kp.frames), cfg, generator_seed=cfg.train.seed)
     hyps = pred.get("hypotheses")
     spread = metrics.joint_spread(hyps).cpu().numpy() if hyps is not None and hyps.shape[0] > 1 else None
     return Lifted(pose=pred["pose"].cpu().numpy(), spread=spread,

@@ -274,17 +274,27 @@ def trained(cfg: Config, cache: str | Path, *, on_epoch: Callable[[dict[str, flo
     return result
 
 
-def load_lifter(path: str | Path, device: torch.device | str = "cpu") -> Lifter:
-    """A trained lifter from its checkpoint (its config and every weight and statistic)."""
+def load_lifter(path: str | Path, device: torch.device | str = "cpu", cfg: Config | None = None
+                ) -> tuple[Lifter, Config]:
+    """A trained lifter from its checkpoint, every weight and statistic in place, as ``cfg`` evaluates it (the
+    checkpoint's own config, or that with evaluation-only changes: :meth:`Config.for_evaluation`), sampled as
+    ``sample.method`` says; a baseline sampled from its residuals measures them on the validation subjects
+    first. Returns the lifter and its config."""
     state = load_checkpoint(path, device)
-    cfg = checkpoint_config(state, path)
+    cfg = cfg if cfg is not None else checkpoint_config(state, path)
     lifter = build_lifter(cfg, encoder_network(cfg) if cfg.uses_encoder else None)
     try:
         lifter.load_state_dict(state["model"])
     except RuntimeError as e:
         raise DataError(path, f"its weights do not fit {cfg.model.lifter} as configured "
                               f"({str(e).splitlines()[0]})") from None
-    return lifter.to(device)
+    lifter = sampled(lifter.to(device), cfg)
+    if isinstance(lifter, Sampled) and lifter.method == "residual":
+        store = PoseStore.open(cfg.data.store)
+        sampler = Sampler(store, frames=cfg.data.frames, kernels=cfg.data.kernels, device=device)
+        val = predict_rows(lifter.lifter, sampler, splits(cfg, store).val, cfg, generator_seed=cfg.train.seed)
+        lifter.fit_residuals(val["target"] - val["pose"])
+    return lifter, cfg
 
 
 def fit(
@@ -326,7 +336,7 @@ def _fit(cfg: Config, out_dir: Path, cache: Path | None, on_epoch: Callable[[dic
     encoder = None
     if cfg.uses_encoder:
         done = trained(cfg.encoder_config(), cache or out_dir.parent / "encoders", progress=progress)
-        encoder = load_lifter(done.best_checkpoint).net
+        encoder = load_lifter(done.best_checkpoint)[0].net
 
     # 3. The lifter with its training-split statistics, the optimiser and its schedule.
     threads = torch.get_num_threads()
@@ -711,16 +721,7 @@ def _evaluate(cfg: Config, checkpoint: Path, split: str, dev: torch.device, save
     store = PoseStore.open(cfg.data.store)
     rows = splits(cfg, store)
     sampler = Sampler(store, frames=cfg.data.frames, kernels=cfg.data.kernels, device=dev)
-    lifter = build_lifter(cfg, encoder_network(cfg) if cfg.uses_encoder else None)
-    try:
-        lifter.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise DataError(checkpoint, f"its weights do not fit {cfg.model.lifter} as configured "
-                                    f"({str(e).splitlines()[0]})") from None
-    lifter = sampled(lifter.to(dev), cfg)
-    if isinstance(lifter, Sampled) and lifter.method == "residual":
-        val = predict_rows(lifter.lifter, sampler, rows.val, cfg, generator_seed=cfg.train.seed)
-        lifter.fit_residuals(val["target"] - val["pose"])
+    lifter, _ = load_lifter(checkpoint, dev, cfg)
     t0 = time.perf_counter()
     chosen = {"test": rows.test, "val": rows.val}[split]
     result = evaluate_rows(lifter, sampler, store, chosen, cfg, generator_seed=cfg.train.seed,

@@ -1,10 +1,10 @@
 """The 2D input and the lifted 3D side by side: a PNG of one frame, and the whole sequence as a GIF
 (matplotlib's ``PillowWriter``) and, where ffmpeg exists, an MP4 (``FFMpegWriter``).
 
-Uncertain joints are drawn wider. Left: the 2D input, each joint's marker radius 3 pt + 0.5 pt per pixel of
+Uncertain joints are drawn wider. Left: the 2D input, each joint's marker radius 3 pt + 0.3 pt per pixel of
 its heaviest kernel's sigma (filled-in joints, not detected, hollow). Right: the 3D output, root-relative, the
 camera's axes turned so that up is up (x right, z forward into the picture, -y up), each joint's radius
-3 pt + 0.2 pt per millimetre of the hypotheses' spread (lifters that sample; else 3 pt). Left limbs blue,
+3 pt + 0.1 pt per millimetre of the hypotheses' spread (lifters that sample; else 3 pt). Left limbs blue,
 right limbs red. Matplotlib ``Figure`` objects, no pyplot state.
 """
 
@@ -23,8 +23,8 @@ from diffpose.data.skeleton import LEFT, NUM_JOINTS, PARENTS, RIGHT
 from diffpose.lift import Lifted
 
 RADIUS_PT = 3.0
-PT_PER_PX_SIGMA = 0.5
-PT_PER_MM_SPREAD = 0.2
+PT_PER_PX_SIGMA = 0.3
+PT_PER_MM_SPREAD = 0.1
 NOMINAL_WIDTH_PX = 1000.0  # normalised sigmas (a store's, image size unknown) are drawn as on this width
 
 
@@ -82,6 +82,8 @@ class _Drawing:
         self.ax3.set_zlabel("-y (m)")
         self.ax3.set_title("3D output (root-relative); radius ~ hypotheses' spread", fontsize=9)
         self.ax3.view_init(elev=10.0, azim=-80.0)
+        self.ax3.locator_params(nbins=4)
+        self.ax3.tick_params(labelsize=7)
         bones = [(p, c) for c, p in enumerate(PARENTS) if p >= 0]
         self.bones2 = [(p, c, self.ax2.plot([], [], color=_side(c), lw=2)[0]) for p, c in bones]
         self.bones3 = [(p, c, self.ax3.plot([], [], [], color=_side(c), lw=2)[0]) for p, c in bones]

@@ -469,3 +469,195 @@ def test_ablate_overrides_not_toml(fake_store, tmp_path, capsys):
     results = tmp_path / "results"
     one_line(*run(capsys, "ablate", "--suite", suite, "--overrides", over, "--results", results), str(over))
     assert not results.exists()
+
+
+# ---- 6. lift and fit-gmm: a user's own 2D files --------------------------------------------------------------
+
+def _coco_frames(frames: int = 3, joints: int = 17, score: float = 0.9) -> list:
+    rng = np.random.default_rng(0)
+    return [{"frame_id": t, "instances": [{"keypoints": rng.uniform(100, 900, (joints, 2)).tolist(),
+                                           "keypoint_scores": [score] * joints, "bbox_score": 0.9}]}
+            for t in range(frames)]
+
+
+def _bad_keypoints(tmp_path: Path, kind: str) -> tuple[Path, list[str]]:
+    """A bad keypoint file of ``kind`` and the extra flags the case needs."""
+    size = ["--width", "1000", "--height", "1000"]
+    path = tmp_path / "k.json"
+    if kind == "missing":
+        return tmp_path / "nope.json", size
+    if kind == "empty directory":
+        path = tmp_path / "frames"
+        path.mkdir()
+        return path, size
+    if kind == "binary":
+        path = tmp_path / "k.bin"
+        path.write_bytes(bytes(range(256)) * 4)
+    elif kind == "not json":
+        path.write_text('[{"frame_id": 0, "instances": [')
+    elif kind == "16 joints":
+        path.write_text(json.dumps(_coco_frames(joints=16)))
+    elif kind == "NaN":
+        frames = _coco_frames()
+        frames[1]["instances"][0]["keypoints"][3][0] = float("nan")
+        path.write_text(json.dumps(frames))
+    elif kind == "no image size":
+        path.write_text(json.dumps(_coco_frames()))
+        return path, []
+    elif kind == "nobody":
+        path.write_text(json.dumps([{"frame_id": t, "instances": []} for t in range(3)]))
+    elif kind == "all below min-score":
+        path.write_text(json.dumps(_coco_frames(score=0.1)))
+    elif kind == "npz of 16 joints":
+        path = tmp_path / "k.npz"
+        np.savez(path, keypoints=np.zeros((4, 16, 2)))
+    elif kind == "csv of 33 values":
+        path = tmp_path / "k.csv"
+        path.write_text(",".join(["1.0"] * 34) + "\n" + ",".join(["1.0"] * 33) + "\n")
+    elif kind == "format named wrongly":
+        path = tmp_path / "k.npz"
+        np.savez(path, keypoints=np.zeros((4, 17, 2)))
+        return path, [*size, "--format", "coco"]
+    return path, size
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty directory", "binary", "not json", "16 joints", "NaN",
+                                  "no image size", "nobody", "all below min-score", "npz of 16 joints",
+                                  "csv of 33 values", "format named wrongly"])
+def test_lift_a_bad_keypoint_file(checkpoint, tmp_path, capsys, kind):
+    path, flags = _bad_keypoints(tmp_path, kind)
+    out = tmp_path / "out"
+    one_line(*run(capsys, "lift", checkpoint, "--keypoints", path, "--out", out, *flags), str(path))
+    assert not out.exists()
+
+
+def test_lift_never_unpickles_a_keypoint_file(checkpoint, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "k.npz"
+    npz_with_payload(path, "keypoints", marker)
+    out = tmp_path / "out"
+    one_line(*run(capsys, "lift", checkpoint, "--keypoints", path, "--out", out, "--width", 1000, "--height", 1000),
+             str(path))
+    assert not marker.exists() and not out.exists()
+
+
+def _good_npz(tmp_path: Path) -> Path:
+    path = tmp_path / "good.npz"
+    np.savez(path, keypoints=np.random.default_rng(0).uniform(100, 900, (4, 17, 2)), image_size=np.array([1000, 1000]))
+    return path
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--frame", "9"], "--frame"),
+    (["--set", "model.hidden=8"], "model.hidden"),
+    (["--device", "banana"], "--device"),
+    (["--sigma", "0"], "--sigma"),
+    (["--subject", "S1"], "--subject"),
+])
+def test_lift_bad_flags(checkpoint, tmp_path, capsys, flags, needle):
+    out = tmp_path / "out"
+    one_line(*run(capsys, "lift", checkpoint, "--keypoints", _good_npz(tmp_path), "--out", out, *flags), needle)
+    assert not out.exists()
+
+
+def test_lift_a_missing_checkpoint_or_an_out_that_is_a_file(checkpoint, tmp_path, capsys):
+    good = _good_npz(tmp_path)
+    out = tmp_path / "out"
+    one_line(*run(capsys, "lift", tmp_path / "none.pt", "--keypoints", good, "--out", out), "none.pt")
+    assert not out.exists()
+    out.write_text("mine")
+    one_line(*run(capsys, "lift", checkpoint, "--keypoints", good, "--out", out), str(out))
+    assert out.read_text() == "mine"
+
+
+def test_lift_a_store_clip_that_is_not_there(checkpoint, store, tmp_path, capsys):
+    out = tmp_path / "out"
+    one_line(*run(capsys, "lift", checkpoint, "--keypoints", store, "--subject", "S42", "--out", out), "S42")
+    # S9 holds one action (taken) and four cameras (which one?)
+    one_line(*run(capsys, "lift", checkpoint, "--keypoints", store, "--subject", "S9", "--out", out), "--camera")
+    assert not out.exists()
+
+
+def test_lift_and_bench_on_a_missing_cuda_device(checkpoint, store, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "out"
+    one_line(*run(capsys, "lift", checkpoint, "--keypoints", _good_npz(tmp_path), "--out", out, "--device", "cuda"),
+             "--device")
+    one_line(*run(capsys, "bench", "--store", store, "--out", tmp_path / "b.json", "--device", "cuda"), "--device")
+    assert not out.exists() and not (tmp_path / "b.json").exists()
+
+
+def _heatmap_file(path: Path, kind: str) -> Path:
+    t, h, w = 2, 8, 6
+    heat = np.random.default_rng(0).uniform(0.1, 1.0, (t, 17, h, w))
+    members = {"heatmaps": heat, "boxes": np.tile([10.0, 20.0, 70.0, 100.0], (t, 1))}
+    if kind == "16 joints":
+        members["heatmaps"] = heat[:, :16]
+    elif kind == "no boxes":
+        del members["boxes"]
+    elif kind == "boxes and affine":
+        members["affine"] = np.zeros((t, 2, 3))
+    elif kind == "box upside down":
+        members["boxes"][1] = [10.0, 100.0, 70.0, 20.0]
+    elif kind == "boxes of another length":
+        members["boxes"] = members["boxes"][:1]
+    elif kind == "NaN":
+        members["heatmaps"][1, 3, 2, 2] = np.nan
+    elif kind == "a joint without mass":
+        members["heatmaps"][1, 5] = -0.5
+    elif kind == "camera not a number":
+        members["camera"] = np.array("left")
+    np.savez(path, **members)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["16 joints", "no boxes", "boxes and affine", "box upside down",
+                                  "boxes of another length", "NaN", "a joint without mass", "camera not a number",
+                                  "missing", "directory", "text"])
+def test_fit_gmm_a_bad_heatmap_file(tmp_path, capsys, kind):
+    path = tmp_path / "h.npz"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "text":
+        path.write_text("heatmaps\n")
+    elif kind != "missing":
+        _heatmap_file(path, kind)
+    out = tmp_path / "out"
+    one_line(*run(capsys, "fit-gmm", path, "--out", out), str(path))
+    assert not out.exists()
+
+
+def test_fit_gmm_never_unpickles_a_heatmap_file(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "h.npz"
+    npz_with_payload(path, "heatmaps", marker)
+    out = tmp_path / "out"
+    one_line(*run(capsys, "fit-gmm", path, "--out", out), str(path))
+    assert not marker.exists() and not out.exists()
+
+
+def test_fit_gmm_clips_that_collide_or_skip_a_camera(tmp_path, capsys):
+    a = _heatmap_file(tmp_path / "a.npz", "good")
+    b = _heatmap_file(tmp_path / "b.npz", "good")
+    out = tmp_path / "out"
+    one_line(*run(capsys, "fit-gmm", a, b, "--out", out, "--subject", "S1"), "b.npz", "camera 0")
+    one_line(*run(capsys, "fit-gmm", a, "--out", out, "--camera", "1"), "a.npz", "cameras [1]")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flags,needle", [(["--kernels", "0"], "--kernels"), (["--name", "a/b"], "--name"),
+                                          (["--peak-ratio", "2"], "--peak-ratio")])
+def test_fit_gmm_bad_flags(tmp_path, capsys, flags, needle):
+    out = tmp_path / "out"
+    one_line(*run(capsys, "fit-gmm", _heatmap_file(tmp_path / "h.npz", "good"), "--out", out, *flags), needle)
+    assert not out.exists()
+
+
+def test_fit_gmm_out_is_a_file(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.write_text("mine")
+    one_line(*run(capsys, "fit-gmm", _heatmap_file(tmp_path / "h.npz", "good"), "--out", out), str(out))
+    assert out.read_text() == "mine"

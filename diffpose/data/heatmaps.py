@@ -37,8 +37,9 @@ of the weighted sum of independent sources, M heaviest kept).
 Output: DiffPose's GMM npz in VideoPose3D's layout, ``data_2d_<name>_<detector>_gmm.npz`` (``positions_2d`` =
 subject -> action -> per-camera float32 (T, 17, M, 5) = (pi, mu_u, mu_v, sigma_u, sigma_v), pixels, heaviest
 first), and beside it the plain detections ``data_2d_<name>_<detector>.npz`` (the heaviest kernel's mean),
-with ``metadata`` = our 17-joint layout plus ``video_metadata`` {subject: {"w", "h"}} where the image size is
-known. With ``name = "h36m"`` these are the files ``prepare --dataset h36m --detector <detector>`` reads.
+with ``metadata`` = our 17-joint layout plus the image sizes where known (``image_sizes`` = subject -> action
+-> per camera [w, h]; VideoPose3D's ``video_metadata`` {subject: {"w", "h"}} for subjects of one size). With
+``name = "h36m"`` these are the files ``prepare --dataset h36m --detector <detector>`` reads.
 """
 
 from __future__ import annotations
@@ -144,27 +145,34 @@ def _fit_chunk(h: torch.Tensor, affine: torch.Tensor, kernels: int, peak_ratio: 
     if (total <= 0).any():
         raise ValueError("a heatmap without positive mass")
     w = mass.flatten(1) / total                                                            # (N, K)
-    x = cell_positions(affine, height, width)                                              # (N, K, 2)
+    x_image = cell_positions(affine, height, width)                                        # (N, K, 2)
+    centre = torch.einsum("nk,nka->na", w, x_image)                                        # (N, 2)
+    x = x_image - centre[:, None]              # centred: the squares below stay small, no cancellation
+    squares = x**2
     cell = affine[:, :, :2].det().abs().sqrt()                                             # (N,) px per cell
     floor = (cell**2 / 12.0)[:, None, None]                                                # (N, 1, 1) px^2
     seed, live = _seeds(h, kernels, peak_ratio)
     mu = torch.gather(x, 1, seed[..., None].expand(n, kernels, 2))                         # (N, M, 2)
-    mean_all = torch.einsum("nk,nka->na", w, x)
-    var_all = torch.einsum("nk,nka->na", w, (x - mean_all[:, None]) ** 2)
+    var_all = torch.einsum("nk,nka->na", w, squares)
     var = var_all[:, None].expand(n, kernels, 2).clamp(min=floor).clone()                 # (N, M, 2)
     log_pi = torch.where(live, -live.sum(1, keepdim=True).double().log(), -math.inf)
     last = torch.full((n,), -math.inf, dtype=torch.float64)
     for _ in range(iters):
-        diff = x[:, :, None] - mu[:, None]                                                 # (N, K, M, 2)
-        log_k = -0.5 * (diff**2 / var[:, None]).sum(-1) - 0.5 * var.log().sum(-1)[:, None] - LOG_2PI
-        joint = log_pi[:, None] + log_k                                                    # (N, K, M)
-        log_p = torch.logsumexp(joint, -1)                                                 # (N, K)
-        wr = w[..., None] * (joint - log_p[..., None]).exp()                               # (N, K, M)
+        # sum_a (x_a - mu_ma)^2 / var_ma as matrix products, never forming (N, K, M, 2).
+        precision = 1.0 / var                                                              # (N, M, 2)
+        mahalanobis = (squares @ precision.mT - 2.0 * x @ (mu * precision).mT
+                       + (mu**2 * precision).sum(-1)[:, None])                            # (N, K, M)
+        joint = log_pi[:, None] - 0.5 * (mahalanobis + var.log().sum(-1)[:, None]) - LOG_2PI
+        peak = joint.amax(-1, keepdim=True)
+        r = (joint - peak).exp()
+        norm = r.sum(-1, keepdim=True)
+        wr = w[..., None] * (r / norm)                                                     # (N, K, M)
+        log_p = (peak + norm.log())[..., 0]                                                # (N, K)
         pi = wr.sum(1)                                                                     # (N, M)
         alive = live & (pi > 1e-12)
         safe = pi.clamp(min=1e-300)[..., None]
-        new_mu = torch.einsum("nkm,nka->nma", wr, x) / safe
-        new_var = torch.einsum("nkm,nkma->nma", wr, (x[:, :, None] - new_mu[:, None]) ** 2) / safe
+        new_mu = wr.mT @ x / safe                                                          # (N, M, 2)
+        new_var = wr.mT @ squares / safe - new_mu**2
         mu = torch.where(alive[..., None], new_mu, mu)
         var = torch.where(alive[..., None], new_var.clamp(min=floor), var)
         log_pi = torch.where(alive, pi.clamp(min=1e-300).log(), -math.inf)
@@ -175,7 +183,7 @@ def _fit_chunk(h: torch.Tensor, affine: torch.Tensor, kernels: int, peak_ratio: 
     pi = log_pi.exp()
     pi = pi / pi.sum(1, keepdim=True)
     order = torch.argsort(-pi, dim=1, stable=True)
-    g = torch.cat([pi[..., None], mu, var.sqrt()], -1)                                     # (N, M, 5)
+    g = torch.cat([pi[..., None], mu + centre[:, None], var.sqrt()], -1)                   # (N, M, 5)
     g = torch.gather(g, 1, order[..., None].expand(n, kernels, 5))
     dead = g[..., 0] <= 0
     g = torch.where(dead[..., None], torch.cat([torch.zeros_like(g[..., :1]), g[:, :1, 1:].expand_as(g[..., 1:])],
@@ -208,11 +216,13 @@ def fit_clip(clip: HeatmapClip, kernels: int, layout: str = "coco", peak_ratio: 
 
 # ---- files ----------------------------------------------------------------------------------------------------
 def _numeric(path: Path, value: object, key: str) -> np.ndarray:
-    if not isinstance(value, np.ndarray) or value.dtype == bool or not np.issubdtype(value.dtype, np.number):
+    """A finite real array, as stored (float64 only where it was: heatmaps are large)."""
+    if (not isinstance(value, np.ndarray) or value.dtype == bool or not np.issubdtype(value.dtype, np.number)
+            or np.issubdtype(value.dtype, np.complexfloating)):
         raise DataError(path, f"{key}: expected a numeric array")
     if not np.isfinite(value).all():
         raise DataError(path, f"{key}: holds NaN or inf")
-    return value.astype(np.float64)
+    return value if np.issubdtype(value.dtype, np.floating) else value.astype(np.float64)
 
 
 def _text(path: Path, value: object, key: str) -> str:
@@ -294,28 +304,30 @@ def check_keys(keys: Sequence[tuple[tuple[str, str, int], Path]]) -> None:
 
 
 def collect(clips: Sequence[FittedClip]) -> tuple[dict, dict, dict]:
-    """(detections, gmms, metadata) in VideoPose3D's nesting (keys checked by :func:`check_keys`); one image
-    size per subject."""
+    """(detections, gmms, metadata) in VideoPose3D's nesting (keys checked by :func:`check_keys`). The
+    metadata records each clip's image size where known: ``image_sizes`` = subject -> action -> per camera
+    [w, h] (or None), and VideoPose3D's ``video_metadata`` = subject -> {"w", "h"} for subjects of one size."""
     check_keys([((c.subject, c.action, c.camera), c.path) for c in clips])
     nested: dict[str, dict[str, dict[int, FittedClip]]] = {}
     for c in clips:
         nested.setdefault(c.subject, {}).setdefault(c.action, {})[c.camera] = c
     detections: dict = {}
     gmm: dict = {}
-    video: dict[str, dict[str, int]] = {}
+    sizes: dict = {}
     for subject, actions in nested.items():
-        detections[subject], gmm[subject] = {}, {}
+        detections[subject], gmm[subject], sizes[subject] = {}, {}, {}
         for action, cams in actions.items():
-            gmm[subject][action] = [cams[i].gmm for i in range(len(cams))]
-            detections[subject][action] = [cams[i].gmm[:, :, 0, 1:3].copy() for i in range(len(cams))]
-            for c in cams.values():
-                if c.image_size is None:
-                    continue
-                size = {"w": c.image_size[0], "h": c.image_size[1]}
-                if video.setdefault(subject, size) != size:
-                    raise DataError(c.path, f"{subject}: image_size {c.image_size}, another clip of {subject} has "
-                                            f"{video[subject]}")
-    metadata = {**h36m_metadata(), **({"video_metadata": video} if video else {})}
+            ordered = [cams[i] for i in range(len(cams))]
+            gmm[subject][action] = [c.gmm for c in ordered]
+            detections[subject][action] = [c.gmm[:, :, 0, 1:3].copy() for c in ordered]
+            sizes[subject][action] = [None if c.image_size is None else list(c.image_size) for c in ordered]
+    video = {}
+    for subject, actions in sizes.items():
+        seen = {tuple(s) if s is not None else None for per_camera in actions.values() for s in per_camera}
+        if len(seen) == 1 and None not in seen:
+            w, h = next(iter(seen))
+            video[subject] = {"w": w, "h": h}
+    metadata = {**h36m_metadata(), "image_sizes": sizes, **({"video_metadata": video} if video else {})}
     return detections, gmm, metadata
 
 

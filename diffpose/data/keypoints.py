@@ -19,7 +19,8 @@ with a ``positions_2d`` member, ``videopose3d``, text starting with ``[`` or ``{
                  or GMM (T, 17, M, 5) pixels; our layout, or VideoPose3D's custom COCO layout
                  (``data_2d_custom_*.npz``: metadata ``layout_name`` "coco", mapped as below). The clip is
                  chosen by subject, action and camera (each may be left out where the file holds one);
-                 the image size comes from ``metadata["video_metadata"][subject]`` ({"w", "h"}) when present.
+                 the image size comes from ``metadata["image_sizes"][subject][action][camera]`` (``fit-gmm``
+                 writes it) or ``metadata["video_metadata"][subject]`` ({"w", "h"}) when present.
     store        a store's clip (``diffpose-bench prepare``), chosen by subject, action and camera: the
                  detections and GMMs evaluation reads, already normalised.
 
@@ -497,6 +498,21 @@ def _first_array(positions: dict) -> np.ndarray | None:
     return None
 
 
+def _recorded_size(metadata: dict, subject: str, action: str, camera: int) -> tuple[Any, Any] | None:
+    """A clip's image size in a VideoPose3D file's metadata: ``image_sizes[subject][action][camera]`` (as
+    ``fit-gmm`` writes), else ``video_metadata[subject]`` {"w", "h"} (VideoPose3D's custom files)."""
+    sizes = metadata.get("image_sizes")
+    try:
+        found = sizes[subject][action][camera]
+        if found is not None:
+            return found[0], found[1]
+    except (TypeError, KeyError, IndexError):
+        pass
+    video = metadata.get("video_metadata")
+    info = video.get(subject) if isinstance(video, dict) else None
+    return (info.get("w"), info.get("h")) if isinstance(info, dict) else None
+
+
 def read_videopose3d(path: Path, *, subject: str | None = None, action: str | None = None,
                      camera: int | None = None, width: int | None = None, height: int | None = None,
                      sigma_px: float = DEFAULT_SIGMA_PX) -> Keypoints:
@@ -524,10 +540,8 @@ def read_videopose3d(path: Path, *, subject: str | None = None, action: str | No
     if not isinstance(cams, list | tuple) or not cams:
         raise DataError(path, f"{s}/{a}: expected a per-camera list")
     c = _choose(path, "camera", list(range(len(cams))), camera)
-    video = metadata.get("video_metadata", {})
-    info = video.get(s) if isinstance(video, dict) else None
-    found = (info.get("w"), info.get("h")) if isinstance(info, dict) else None
-    w, h = _image_size(path, width, height, found, f"its metadata has no video_metadata for {s}")
+    w, h = _image_size(path, width, height, _recorded_size(metadata, s, a, c),
+                       f"its metadata records no image size for {s}/{a}/cam{c}")
     notes = {"clip": f"{s}/{a}/cam{c}"}
     if coco:
         points = _check_points(path, cams[c], f"positions_2d {s}/{a}/cam{c}", len(COCO_NAMES))
