@@ -135,26 +135,31 @@ def test_demo_suite_trials_match_its_file():
     assert sorted(names) == sorted(expected)
     by_name = {t.name: t for t in trials}
     for t in trials:
+        full = by_name[f"{t.dataset}/full/seed{t.seed}"]
         if t.variant.startswith("steps="):
             k = int(t.value)
             assert t.axis == "steps" and t.eval_only and t.eval_overrides == {"diffusion.steps": k}
-            assert t.eval_config.diffusion.steps == k
+            assert t.eval_config.diffusion.steps == k and t.config == full.config  # full's weights
         elif t.variant.startswith("hypotheses="):
             n = int(t.value)
             assert t.axis == "hypotheses" and t.eval_only and t.eval_overrides == {"sample.hypotheses": n}
-            assert t.eval_config.sample.hypotheses == n
-            assert t.config == by_name[f"{t.dataset}/full/seed{t.seed}"].config  # full's weights
+            assert t.eval_config.sample.hypotheses == n and t.config == full.config
+        elif t.variant == "no_heatmap_init":
+            assert t.eval_only and t.config == full.config
+            assert t.eval_overrides == {"diffusion.heatmap_init": False}
         else:
             assert not t.eval_only and (t.axis, t.value) == VARIANTS[t.variant][:2]
-        assert t.config.train.epochs == raw["base"]["train"]["epochs"]
         assert t.config.data.eval_stride == raw["base"]["data"]["eval_stride"]
-    assert by_name["mocap17/no_gmm/seed0"].config.diffusion.gmm is False
-    assert by_name["mocap17/refiner/seed1"].config.diffusion.mode == "refiner"
-    assert by_name["mocap17/graformer/seed0"].config.model.lifter == "graformer"
-    # full, no_gmm and refiner condition on the same encoder (same data, seed and encoder settings): one per
-    # seed; no_context needs none.
-    encoders = suite.encoder_trials(trials)
-    assert sorted(e.seed for e in encoders) == sorted(head["seeds"])
+        assert t.config.data.train_stride == raw["base"]["data"]["train_stride"]
+    for variant in ("full", "refiner"):  # DiffPose's own brief training
+        assert by_name[f"mocap17/{variant}/seed0"].config.train.epochs == raw["variant"][variant]["train"]["epochs"]
+    graformer = by_name["mocap17/graformer/seed0"].config
+    assert graformer.train.epochs == raw["base"]["train"]["epochs"] and graformer.train.batch_size == 64
+    assert by_name["mocap17/refiner/seed0"].config.diffusion.mode == "refiner"
+    # full and the refiner condition on one encoder: the GraFormer baseline itself, trained once.
+    full = by_name["mocap17/full/seed0"].config
+    assert full.encoder_config().identity("fp") == graformer.identity("fp")
+    assert suite.encoder_trials(trials) == []
 
 
 def test_trial_ids_are_stable_and_change_with_the_base_config(tmp_path, fake_store):
