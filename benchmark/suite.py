@@ -35,6 +35,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -155,10 +156,15 @@ class Suite:
         Inference-only variants (``EVALUATES``) and axis values (``INFERENCE_AXES``) evaluate the weights of
         the variant they name (full for the axes): their config is that variant's, their eval overrides the
         rest."""
-        trials = self._trials()
+        trials = self.expanded
         if fingerprints is None:
-            return trials
+            return list(trials)
         return [dataclasses.replace(t, fingerprint=fingerprints[t.dataset]) for t in trials]
+
+    @functools.cached_property
+    def expanded(self) -> tuple[Trial, ...]:
+        """The trials, expanded once (when the suite is loaded, which validates every config)."""
+        return tuple(self._trials())
 
     def _trials(self) -> list[Trial]:
         out: dict[str, Trial] = {}
@@ -313,7 +319,7 @@ def load_suite(path: str | Path, *, check_data: bool = True) -> Suite:
     )
     if suite.max_failures < 0:
         raise fail("suite.max_failures", f"must be >= 0 (retries of a failed trial), got {suite.max_failures}")
-    suite.trials()  # every config validates now, before anything starts
+    _ = suite.expanded  # every config validates now, before anything starts
     return suite
 
 

@@ -8,6 +8,7 @@ gives the dotted keys that become MLflow params and report columns. Unknown keys
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -544,9 +545,15 @@ def _flatten_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+@functools.cache
+def _fields(cls: type) -> dict[str, Any]:
+    """A section's field names and their resolved type hints (resolving them is the slow part of a build)."""
+    return typing.get_type_hints(cls)
+
+
 def _build(cls: type, given: dict[str, Any], section: str, source: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    hints = _fields(cls)
+    names = hints.keys()
     kwargs = {}
     for key, value in given.items():
         if key not in names:
