@@ -36,17 +36,11 @@ from reports.results import (
     write_parquet,
 )
 from reports.search import SearchSection, search_sections
-from reports.tables import (
-    NOT_CONVERGED,
-    Table,
-    all_tables,
-    converged_runs,
-    load_published,
-    tex_escape,
-    to_markdown,
-    variant_rows,
-    write_table,
-)
+from reports.tables import all_tables
+from reports.tables.model import NOT_CONVERGED, Table, converged_runs
+from reports.tables.published import load_published
+from reports.tables.render import tex_escape, to_markdown, write_table
+from reports.tables.runs import variant_rows
 
 log = logging.getLogger(__name__)
 

@@ -24,16 +24,15 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, ScalarFo
 from scipy import stats
 
 from reports.results import CURVE, column, describe_protocol, metric, param, tag
-from reports.tables import (
+from reports.tables.model import NOT_CONVERGED, converged_runs
+from reports.tables.reliability import sampled_runs
+from reports.tables.runs import (
     COMPARISON_AXES,
     DATASET_NAMES,
     H36M_ACTIONS,
     H36M_SHORT,
-    NOT_CONVERGED,
-    converged_runs,
     dataset_order,
     protocol_groups,
-    sampled_runs,
     trial_axis,
     trial_lifter,
     variant_rows,
@@ -52,13 +51,13 @@ class Plot:
 
 
 @contextmanager
-def _style() -> Iterator[None]:
+def style() -> Iterator[None]:
     """The house look for every figure: seaborn's whitegrid at paper scale, set only while drawing."""
     with sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.15):
         yield
 
 
-def _figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, np.ndarray]:
+def figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, np.ndarray]:
     fig = Figure(figsize=(width, height), layout="constrained")
     return fig, np.atleast_1d(fig.subplots(1, ncols, squeeze=False)[0])
 
@@ -119,8 +118,8 @@ def steps_figure(runs: pd.DataFrame) -> Plot | None:
             panels.append((title, frame.astype({"K": int, "P1": float})))
     if not panels:
         return None
-    with _style():
-        fig, axes = _figure(max(6.0, 4.6 * len(panels)), 3.8, ncols=len(panels))
+    with style():
+        fig, axes = figure(max(6.0, 4.6 * len(panels)), 3.8, ncols=len(panels))
         for ax, (title, frame) in zip(axes, panels, strict=True):
             sns.lineplot(frame, x="K", y="P1", marker="o", errorbar=t_interval, err_style="bars", ax=ax,
                          color=sns.color_palette()[0], err_kws={"capsize": 3})
@@ -158,8 +157,8 @@ def per_action_figures(runs: pd.DataFrame) -> list[Plot]:
             else:
                 order = sorted(frame["action"].unique())
             width = min(11.0, 3.0 + 0.3 * len(order) * max(2, frame["method"].nunique()))
-            with _style():
-                fig, (ax,) = _figure(width, 3.8)
+            with style():
+                fig, (ax,) = figure(width, 3.8)
                 sns.barplot(frame, x="action", y="P1", hue="method", order=order, errorbar="sd", ax=ax,
                             capsize=0.15, err_kws={"linewidth": 1.0})
                 ax.set_xlabel("action")
@@ -193,8 +192,8 @@ def speed_figures(runs: pd.DataFrame) -> list[Plot]:
         if not records:
             continue
         frame = pd.DataFrame(records, columns=["method", "device", "speed", "speed_sd", "P1", "P1_sd", "n"])
-        with _style():
-            fig, (ax,) = _figure(7.4, 4.4)
+        with style():
+            fig, (ax,) = figure(7.4, 4.4)
             palette = dict(zip(frame["method"].unique(),
                                sns.color_palette("tab10" if frame["method"].nunique() <= 10 else "husl",
                                                  frame["method"].nunique()), strict=True))
@@ -234,8 +233,8 @@ def spread_figure(series: dict[str, tuple[np.ndarray, np.ndarray]], bins: int = 
     if not series:
         return None
     rs = {}
-    with _style():
-        fig, (ax,) = _figure(6.4, 4.2)
+    with style():
+        fig, (ax,) = figure(6.4, 4.2)
         palette = sns.color_palette("tab10", len(series))
         for color, (label, (error, spread)) in zip(palette, series.items(), strict=True):
             r = float(np.corrcoef(spread, error)[0, 1]) if len(error) > 2 else float("nan")
@@ -274,8 +273,8 @@ def learning_curves_figure(runs: pd.DataFrame) -> Plot | None:
     have = have[~key.duplicated()]
     datasets = column(have, param("trial.dataset")).astype(str)
     order = dataset_order(datasets.unique())
-    with _style():
-        fig, axes = _figure(max(6.5, 5.2 * len(order)), 4.2, ncols=len(order))
+    with style():
+        fig, axes = figure(max(6.5, 5.2 * len(order)), 4.2, ncols=len(order))
         for ax, ds in zip(axes, order, strict=True):
             sub = have[datasets == ds]
             labels = variant_rows(sub, [], "curves")
@@ -313,8 +312,8 @@ def calibration_figure(runs: pd.DataFrame) -> Plot | None:
     datasets = column(pool, param("trial.dataset")).astype(str)
     order = dataset_order(datasets.unique())
     levels = np.asarray(CALIBRATION_LEVELS)
-    with _style():
-        fig, axes = _figure(max(5.5, 4.8 * len(order)), 4.6, ncols=len(order))
+    with style():
+        fig, axes = figure(max(5.5, 4.8 * len(order)), 4.6, ncols=len(order))
         for ax, ds in zip(axes, order, strict=True):
             sub = pool[datasets == ds]
             n_of = pd.to_numeric(column(sub, param("sample.hypotheses")), errors="coerce").astype(int)

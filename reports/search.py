@@ -21,7 +21,8 @@ from matplotlib.ticker import MaxNLocator
 from optuna.trial import TrialState
 
 from reports import figures as figs
-from reports.tables import tex_escape
+from reports.tables.model import Cell, Column, Row, Table
+from reports.tables.render import tex_escape, to_latex, to_markdown
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,8 @@ def history_figure(frame: pd.DataFrame, name: str, label: str) -> figs.Plot:
     complete = (frame["state"] == "COMPLETE").to_numpy()
     best = best_so_far(frame["value"].to_numpy(), complete)
     palette = sns.color_palette()
-    with figs._style():
-        fig, axes = figs._figure(6.4, 3.8)
+    with figs.style():
+        fig, axes = figs.figure(6.4, 3.8)
         ax = axes[0]
         done = frame[complete]
         ax.scatter(done["number"], done["value"], color=palette[0], s=28, label="complete", zorder=3)
@@ -116,8 +117,8 @@ def history_figure(frame: pd.DataFrame, name: str, label: str) -> figs.Plot:
 
 def importance_figure(found: dict[str, float], name: str, note: str) -> figs.Plot:
     keys = sorted(found, key=found.get)
-    with figs._style():
-        fig, axes = figs._figure(6.0, 0.5 + 0.45 * len(keys))
+    with figs.style():
+        fig, axes = figs.figure(6.0, 0.5 + 0.45 * len(keys))
         ax = axes[0]
         ax.barh(keys, [found[k] for k in keys], color=sns.color_palette()[0])
         ax.set_xlabel("importance (share of explained variance)")
@@ -164,35 +165,29 @@ def search_section(study: optuna.Study, storage: str) -> SearchSection:
     if default is not None and not np.isnan(default["value"]):
         state = "" if default["state"] == "COMPLETE" else f", {default['state'].lower()}"
         lines.append(f"Default config: trial {default['number']}, {label} {default['value']:.2f} mm{state}.")
-    header = ["parameter", f"best (trial {best['number']})" if best is not None else "best",
-              "default", "importance"]
-    rows = [[k, _fmt(best[f"params.{k}"]) if best is not None else "",
-             _fmt(default[f"params.{k}"]) if default is not None else "",
-             f"{found[k]:.2f}" if k in found else ""] for k in keys]
-    section.markdown += [" ".join(lines), "", *_md_table(header, rows), ""]
-    section.latex += [tex_escape(" ".join(lines)) + r"\par", *_tex_table(header, rows)]
-    trial_rows = [[str(r["number"]) + (" (default)" if r["default"] else ""), r["state"].lower(), _fmt(r["value"]),
-                   str(r["epochs"]), *[_fmt(r[f"params.{k}"]) for k in keys]] for _, r in frame.iterrows()]
-    section.markdown += ["### Trials", "", *_md_table(["trial", "state", f"{label} (mm)", "epochs", *keys],
-                                                      trial_rows), ""]
+    params = Table(f"search_{_slug(name)}_best", f"Search {name}: the best trial against the default config",
+                   "Parameter", [Column("best", f"best (trial {best['number']})" if best is not None else "best",
+                                        kind="text"), Column("default", "default", kind="text"),
+                                 Column("importance", "importance")],
+                   [Row(k, {"best": Cell(text=_fmt(best[f"params.{k}"]) if best is not None else ""),
+                            "default": Cell(text=_fmt(default[f"params.{k}"]) if default is not None else ""),
+                            "importance": Cell(text=f"{found[k]:.2f}" if k in found else "")}) for k in keys],
+                   notes=[note] if found else [], kind="search")
+    section.markdown += [" ".join(lines), "", to_markdown(params)]
+    section.latex += [tex_escape(" ".join(lines)) + r"\par", to_latex(params)]
+    columns = [Column("state", "state", kind="text"), Column("value", f"{label} (mm)"),
+               Column("epochs", "epochs"), *[Column(f"params.{k}", k, kind="text") for k in keys]]
+    trials = Table(f"search_{_slug(name)}_trials", f"Trials of the search {name}", "Trial", columns,
+                   [Row(str(r["number"]) + (" (default)" if r["default"] else ""),
+                        {"state": Cell(text=r["state"].lower()), "value": Cell(text=_fmt(r["value"])),
+                         "epochs": Cell(text=str(r["epochs"])),
+                         **{f"params.{k}": Cell(text=_fmt(r[f"params.{k}"])) for k in keys}})
+                    for _, r in frame.iterrows()], kind="search")
+    section.markdown += [to_markdown(trials)]
     section.plots.append(history_figure(frame, name, label))
     if found:
         section.plots.append(importance_figure(found, name, note))
     return section
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    cells = [[c.replace("|", "\\|") for c in r] for r in [header, *rows]]
-    return (["| " + " | ".join(cells[0]) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
-            + ["| " + " | ".join(r) + " |" for r in cells[1:]])
-
-
-def _tex_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    spec = "l" + "r" * (len(header) - 1)
-    body = [" & ".join(tex_escape(c) for c in r) + r" \\" for r in rows]
-    return [r"\begin{center}", rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
-            " & ".join(tex_escape(c) for c in header) + r" \\", r"\midrule", *body, r"\bottomrule",
-            r"\end{tabular}", r"\end{center}"]
 
 
 def search_sections(tracking_uri: str, experiment: str) -> list[SearchSection]:
