@@ -144,7 +144,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 def _cmd_tune(args: argparse.Namespace) -> int:
     from benchmark.search import run_search
 
-    summary = run_search(args.search, args.results, address=args.address, storage=args.storage,
+    summary = run_search(args.search, args.results, address=args.address,
                          study_storage=args.study_storage)
     if not args.no_report:
         summary.report_dir = _report(summary.tracking_uri, summary.search, args.results)
@@ -352,12 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--no-report", action="store_true")
     ab.set_defaults(func=_cmd_ablate)
 
-    tu = sub.add_parser("tune", help="a hyperparameter search (Optuna on Ray Tune, tracked in MLflow): exports "
-                                     "the best config, then the report")
+    tu = sub.add_parser("tune", help="a hyperparameter search (Optuna drives, trials train as Ray tasks, tracked "
+                                     "in MLflow): exports the best config, then the report")
     tu.add_argument("--search", type=Path, default=Path("ablations/search_demo.toml"))
     tu.add_argument("--results", type=Path, default=Path("results"))
     tu.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    tu.add_argument("--storage", help="Ray Tune storage: a shared path or s3://... (default: RESULTS/ray)")
     tu.add_argument("--study-storage", metavar="URL",
                     help="the Optuna study's database (default: OPTUNA_STORAGE, else the file's search.storage, "
                          "else sqlite:///RESULTS/optuna.db); drivers on one URL and study share the search")

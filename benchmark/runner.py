@@ -1,4 +1,5 @@
-"""Runs a suite on Ray Tune: stages, resources, storage, failures, resuming, the summary.
+"""Runs a suite on Ray Tune: stages, resources, storage, failures, resuming, the summary; and the set-up that
+every driver (a suite's, a search's) shares: stores, MLflow experiment, a local Ray, per-trial resources.
 
 Stage 1 trains what others depend on or nothing depends on (the shared context encoders and the baselines);
 stage 2 the DiffPose variants, which load the cached encoders; stage 3 evaluates the inference-only variants and
@@ -20,6 +21,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from benchmark import tracking
-from benchmark.suite import Suite, Trial, load_suite
+from benchmark.suite import DatasetSpec, Suite, Trial, load_suite
 from benchmark.trial import run_trial
 from diffpose.data.store import prepare
 from diffpose.train import TRAININGS, is_trained
@@ -72,26 +74,62 @@ class SuiteSummary:
         return out
 
 
-def prepare_stores(suite: Suite) -> None:
-    """Prepare every dataset store the suite names that does not exist yet (in the driver, once)."""
-    for ds in suite.datasets.values():
+def prepare_stores(datasets: Iterable[DatasetSpec]) -> None:
+    """Prepare every dataset store that does not exist yet (in the driver, once)."""
+    for ds in datasets:
         if not (ds.store / "meta.json").exists():
-            assert ds.prepare is not None  # load_suite checked this
+            assert ds.prepare is not None  # load_suite and load_search checked this
             log.info("preparing the %s store at %s", ds.key, ds.store)
             p = ds.prepare
             prepare(p["dataset"], p["root"], ds.store, detector=p.get("detector"),
                     annotation=p.get("annotation", "univ_annot3"), seed=p.get("seed", 0))
 
 
-def _resources(suite: Suite) -> tuple[dict[str, float], int]:
+@dataclass
+class Setup:
+    """What a driver (of a suite or a search) works with: the results folder, its MLflow experiment, the commit."""
+
+    results: Path
+    tracking_uri: str
+    client: MlflowClient
+    experiment_id: str
+    commit: str
+
+    @property
+    def cache(self) -> Path:
+        """The trainings' cache (diffpose.train.trained), shared by every suite and search of the results."""
+        return self.results / TRAININGS
+
+    def context(self, parent_run_id: str) -> dict[str, str]:
+        """What a trial worker needs to log under ``parent_run_id`` and find the trainings."""
+        return {"tracking_uri": self.tracking_uri, "experiment_id": self.experiment_id,
+                "parent_run_id": parent_run_id, "results_dir": str(self.results), "cache": str(self.cache),
+                "git_commit": self.commit}
+
+
+def set_up(name: str, datasets: Iterable[DatasetSpec], results_dir: str | Path,
+           tracking_uri: str | None = None) -> Setup:
+    """A driver's set-up: the results folder, the missing stores prepared, the MLflow experiment ``name``
+    (artifacts under the results for a local store) created here before any worker could race to create it."""
+    results = Path(results_dir).resolve()
+    results.mkdir(parents=True, exist_ok=True)
+    prepare_stores(datasets)
+    uri = tracking.tracking_uri(results, tracking_uri)
+    client = MlflowClient(uri)
+    local = uri.startswith("sqlite:") or uri.startswith("file:")
+    experiment_id = tracking.ensure_experiment(client, name, results / "artifacts" if local else None)
+    return Setup(results, uri, client, experiment_id, tracking.git_commit())
+
+
+def resources(cpu: float, gpu: float) -> tuple[dict[str, float], int]:
     """Per-trial resources (GPU fractions only when the cluster has GPUs) and the number of trial slots."""
     cluster = ray.cluster_resources()
     cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
-    res = {"cpu": suite.cpu}
-    slots = int(cpus // suite.cpu)
-    if gpus > 0 and suite.gpu > 0:
-        res["gpu"] = suite.gpu
-        slots = min(slots, int(gpus // suite.gpu))
+    res = {"cpu": cpu}
+    slots = int(cpus // cpu)
+    if gpus > 0 and gpu > 0:
+        res["gpu"] = gpu
+        slots = min(slots, int(gpus // gpu))
     log.info("cluster: %.0f CPUs, %.0f GPUs -> %s per trial, %d slots", cpus, gpus, res, slots)
     return res, max(slots, 1)
 
@@ -197,25 +235,17 @@ def run_suite(
     log them to MLflow. The report is built by the caller (``reports``)."""
     t_start = time.perf_counter()
     suite = load_suite(suite_path)
-    results = Path(results_dir).resolve()
-    results.mkdir(parents=True, exist_ok=True)
-    prepare_stores(suite)
+    setup = set_up(suite.name, suite.datasets.values(), results_dir, tracking_uri)
+    client, experiment_id = setup.client, setup.experiment_id
     trials = suite.trials(suite.fingerprints())
     encoders = suite.encoder_trials(trials)
-
-    uri = tracking.tracking_uri(results, tracking_uri)
-    client = MlflowClient(uri)
-    local = uri.startswith("sqlite:") or uri.startswith("file:")
-    experiment_id = tracking.ensure_experiment(client, suite.name, results / "artifacts" if local else None)
     stale = tracking.close_stale_suite_runs(client, experiment_id)
     if stale:
         log.info("marked %d suite run(s) of an interrupted invocation as KILLED", stale)
     finished = tracking.finished_trials(client, experiment_id)
-    commit = tracking.git_commit()
-    parent = tracking.start_suite_run(client, experiment_id, suite, commit)
-    cache = results / TRAININGS
-    ctx = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent,
-           "results_dir": str(results), "cache": str(cache), "git_commit": commit}
+    parent = tracking.start_parent_run(client, experiment_id, "suite", suite.name, suite.file, setup.commit)
+    cache = setup.cache
+    ctx = setup.context(parent)
 
     todo_encoders = [e for e in encoders if e.id not in finished and not is_trained(e.config, cache)]
     todo = [t for t in trials if t.id not in finished]
@@ -228,13 +258,13 @@ def run_suite(
     log.info("suite %s: %d trials (%d already finished), %d context encoders to train", suite.name,
              len(trials), skipped, len(todo_encoders))
 
-    init_ray(address, results)
-    res, slots = _resources(suite)
-    storage = storage or str(results / "ray")
+    init_ray(address, setup.results)
+    res, slots = resources(suite.cpu, suite.gpu)
+    storage = storage or str(setup.results / "ray")
     failed: list[str] = []
     summary = SuiteSummary(suite=suite.name, trials=len(trials), done=0, skipped=skipped, failed=failed,
-                           wall_seconds=0.0, trial_seconds=0.0, slots=slots, tracking_uri=uri,
-                           experiment_id=experiment_id, results_dir=results)
+                           wall_seconds=0.0, trial_seconds=0.0, slots=slots, tracking_uri=setup.tracking_uri,
+                           experiment_id=experiment_id, results_dir=setup.results)
     try:
         for stage, items in (("stage1", first), ("stage2", second), ("stage3", third)):
             f, busy, wall = _run_stage(stage, items, ctx, suite, res, storage, verbose)

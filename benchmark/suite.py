@@ -253,8 +253,8 @@ def parse_resources(res: dict[str, Any], fail: Callable[[str, str], Exception]) 
     for key in res:
         if key not in ("cpu", "gpu"):
             raise fail(f"resources.{key}", "unknown key (known: cpu, gpu)")
-    cpu = float(_typed(res.get("cpu", 1), (int, float), "resources.cpu", fail))
-    gpu = float(_typed(res.get("gpu", 0), (int, float), "resources.gpu", fail))
+    cpu = float(typed(res.get("cpu", 1), (int, float), "resources.cpu", fail))
+    gpu = float(typed(res.get("gpu", 0), (int, float), "resources.gpu", fail))
     if cpu <= 0 or not 0 <= gpu <= 8:
         raise fail("resources", "cpu must be > 0 and gpu in [0, 8] (a fraction shares one GPU)")
     return cpu, gpu
@@ -272,37 +272,37 @@ def load_suite(path: str | Path, *, check_data: bool = True) -> Suite:
     for key in raw:
         if key not in _TOP_KEYS:
             raise fail(key, f"unknown table (known: {', '.join(sorted(_TOP_KEYS))})")
-    head = _table(raw, "suite", fail)
+    head = table_of(raw, "suite", fail)
     for key in head:
         if key not in _SUITE_KEYS:
             raise fail(f"suite.{key}", f"unknown key (known: {', '.join(sorted(_SUITE_KEYS))})")
-    name = _typed(head.get("name", path.stem), str, "suite.name", fail)
-    variants = tuple(_typed_list(head.get("variants", []), str, "suite.variants", fail))
+    name = typed(head.get("name", path.stem), str, "suite.name", fail)
+    variants = tuple(typed_list(head.get("variants", []), str, "suite.variants", fail))
     for v in variants:
         if v not in VARIANTS:
             raise fail("suite.variants", f"unknown variant {v!r} (known: {', '.join(VARIANTS)})")
-    seeds = tuple(_typed_list(head.get("seeds", [0]), int, "suite.seeds", fail))
+    seeds = tuple(typed_list(head.get("seeds", [0]), int, "suite.seeds", fail))
     if not seeds:
         raise fail("suite.seeds", "needs at least one seed")
     axes = {}
-    for axis, values in _table(raw, "axes", fail).items():
+    for axis, values in table_of(raw, "axes", fail).items():
         if axis not in AXES:
             raise fail(f"axes.{axis}", f"unknown axis (known: {', '.join(AXES)})")
-        axes[axis] = tuple(_typed_list(values, int, f"axes.{axis}", fail))
+        axes[axis] = tuple(typed_list(values, int, f"axes.{axis}", fail))
     if not variants and not axes:
         raise fail("suite.variants", "the suite has no variants and no axes: nothing to run")
-    cpu, gpu = parse_resources(_table(raw, "resources", fail), fail)
+    cpu, gpu = parse_resources(table_of(raw, "resources", fail), fail)
 
     datasets = {}
-    ds_tables = _table(raw, "datasets", fail)
-    for key in _typed_list(head.get("datasets", list(ds_tables)), str, "suite.datasets", fail):
+    ds_tables = table_of(raw, "datasets", fail)
+    for key in typed_list(head.get("datasets", list(ds_tables)), str, "suite.datasets", fail):
         if key not in ds_tables:
             raise fail("suite.datasets", f"dataset {key!r} has no [datasets.{key}] table")
-        datasets[key] = _dataset(key, ds_tables[key], path, fail, check_data)
+        datasets[key] = dataset_spec(key, ds_tables[key], path, fail, check_data)
     if not datasets:
         raise fail("suite.datasets", "names no dataset")
 
-    variant_overrides = _table(raw, "variant", fail)
+    variant_overrides = table_of(raw, "variant", fail)
     for v in variant_overrides:
         if v not in variants and v not in axes:
             raise fail(f"variant.{v}", "overrides for a variant or axis the suite does not run")
@@ -313,9 +313,9 @@ def load_suite(path: str | Path, *, check_data: bool = True) -> Suite:
             raise SuiteError(str(e)) from None
     suite = Suite(
         name=name, file=path, description=str(head.get("description", "")), datasets=datasets,
-        variants=variants, axes=axes, seeds=seeds, base=_table(raw, "base", fail),
+        variants=variants, axes=axes, seeds=seeds, base=table_of(raw, "base", fail),
         variant_overrides=variant_overrides, cpu=cpu, gpu=gpu,
-        max_failures=_typed(head.get("max_failures", 2), int, "suite.max_failures", fail),
+        max_failures=typed(head.get("max_failures", 2), int, "suite.max_failures", fail),
     )
     if suite.max_failures < 0:
         raise fail("suite.max_failures", f"must be >= 0 (retries of a failed trial), got {suite.max_failures}")
@@ -323,13 +323,13 @@ def load_suite(path: str | Path, *, check_data: bool = True) -> Suite:
     return suite
 
 
-def _dataset(key: str, t: Any, path: Path, fail: Any, check_data: bool) -> DatasetSpec:
+def dataset_spec(key: str, t: Any, path: Path, fail: Any, check_data: bool) -> DatasetSpec:
     if not isinstance(t, dict):
         raise fail(f"datasets.{key}", "must be a table")
     for k in t:
         if k not in ("store", "prepare", "set"):
             raise fail(f"datasets.{key}.{k}", "unknown key (known: store, prepare, set)")
-    store = Path(_typed(t.get("store", f"stores/{key}"), str, f"datasets.{key}.store", fail)).resolve()
+    store = Path(typed(t.get("store", f"stores/{key}"), str, f"datasets.{key}.store", fail)).resolve()
     prep = t.get("prepare")
     if prep is not None:
         if not isinstance(prep, dict):
@@ -339,35 +339,35 @@ def _dataset(key: str, t: Any, path: Path, fail: Any, check_data: bool) -> Datas
                 raise fail(f"datasets.{key}.prepare.{k}", "unknown key")
         if prep.get("dataset") not in ("h36m", "mpi3dhp", "mocap17"):
             raise fail(f"datasets.{key}.prepare.dataset", "must be h36m, mpi3dhp or mocap17")
-        root = _typed(prep.get("root"), str, f"datasets.{key}.prepare.root", fail)
+        root = typed(prep.get("root"), str, f"datasets.{key}.prepare.root", fail)
         prep = {**prep, "root": str(Path(root).resolve())}
     if check_data and not (store / "meta.json").exists():
         if prep is None:
             raise fail(f"datasets.{key}.store", f"no store at {store} and no prepare table to make it")
         if not Path(prep["root"]).is_dir():
             raise fail(f"datasets.{key}.prepare.root", f"no such directory {prep['root']} (the source data)")
-    return DatasetSpec(key=key, store=store, prepare=prep, overrides=_typed(t.get("set", {}), dict,
+    return DatasetSpec(key=key, store=store, prepare=prep, overrides=typed(t.get("set", {}), dict,
                                                                           f"datasets.{key}.set", fail))
 
 
-def _table(raw: dict, key: str, fail: Any) -> dict:
+def table_of(raw: dict, key: str, fail: Any) -> dict:
     t = raw.get(key, {})
     if not isinstance(t, dict):
         raise fail(key, "must be a table")
     return t
 
 
-def _typed(value: Any, kind: type | tuple[type, ...], key: str, fail: Any) -> Any:
+def typed(value: Any, kind: type | tuple[type, ...], key: str, fail: Any) -> Any:
     if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
         name = kind.__name__ if isinstance(kind, type) else "number"
         raise fail(key, f"must be {name}, got {value!r}")
     return value
 
 
-def _typed_list(value: Any, kind: type, key: str, fail: Any) -> list:
+def typed_list(value: Any, kind: type, key: str, fail: Any) -> list:
     if not isinstance(value, list):
         raise fail(key, f"must be a list, got {value!r}")
-    return [_typed(v, kind, key, fail) for v in value]
+    return [typed(v, kind, key, fail) for v in value]
 
 
 def apply_overrides(suite_path: str | Path, overrides_path: str | Path, out_dir: str | Path) -> Path:
@@ -379,7 +379,7 @@ def apply_overrides(suite_path: str | Path, overrides_path: str | Path, out_dir:
     for key in over:
         if key != "base":
             raise SuiteError(f"{overrides_path}: {key}: unknown table (an override file holds one [base] table)")
-    changes = merge(_table(over, "base", lambda k, m: SuiteError(f"{overrides_path}: {k}: {m}")))
+    changes = merge(table_of(over, "base", lambda k, m: SuiteError(f"{overrides_path}: {k}: {m}")))
     try:
         Config().override(changes, source=str(overrides_path))
     except ConfigError as e:

@@ -1,4 +1,4 @@
-"""MLflow tracking: one experiment per suite, a parent run per invocation, one child run per trial.
+"""MLflow tracking: one experiment per suite or search, a parent run per invocation, one child run per trial.
 
 A trial's run is found again by its ``trial.id`` tag, so a retried or resumed trial logs into the same run
 and a finished trial is never logged twice. Everything goes through ``MlflowClient`` with explicit run ids
@@ -16,7 +16,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from benchmark.suite import Suite, Trial
+from benchmark.suite import Trial
 from diffpose.metrics import CALIBRATION_LEVELS
 from diffpose.train import FitResult
 
@@ -53,9 +53,12 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | Non
     return client.create_experiment(name, artifact_location=location)
 
 
-def start_suite_run(client: MlflowClient, experiment_id: str, suite: Suite, commit: str) -> str:
-    run = client.create_run(experiment_id, run_name=f"{suite.name} suite", tags={
-        ROLE: "suite", "suite.name": suite.name, "suite.file": str(suite.file), "git.commit": commit})
+def start_parent_run(client: MlflowClient, experiment_id: str, role: str, name: str, file: Path, commit: str,
+                     tags: dict[str, str] | None = None) -> str:
+    """The parent run of one invocation of a suite or search (``role``): tagged ``<role>.name``, ``<role>.file``,
+    the commit and ``tags``; its trials' runs are its children."""
+    run = client.create_run(experiment_id, run_name=f"{name} {role}", tags={
+        ROLE: role, f"{role}.name": name, f"{role}.file": str(file), "git.commit": commit, **(tags or {})})
     return run.info.run_id
 
 

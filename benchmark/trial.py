@@ -1,11 +1,17 @@
-"""``run_trial``: the one Ray-facing entry point. A trial trains, evaluates on the test split and logs
-everything to its MLflow run; it resumes from its last checkpoint when Tune retries it."""
+"""The trial worker (it runs in a Ray worker): a trial's MLflow run, its training with every epoch logged once,
+and ``run_trial``, the suite's Tune trainable, which then evaluates on the test split. A search's trials
+(:mod:`benchmark.search.driver`) open their run and train through the same two functions.
+
+A trial's training is :func:`diffpose.train.trained` in the results' cache: the one done there before (by another
+trial, suite or search), else trained now, a concurrent trial of the same config waiting on its lock; it resumes
+from its last epoch checkpoint when a trial is retried, and replays the epochs done before to ``on_epoch``."""
 
 from __future__ import annotations
 
 import csv
 import logging
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +20,14 @@ from ray import tune
 
 from benchmark.suite import Trial
 from benchmark.tracking import TrialRun, final_metrics, training_metrics
-from diffpose.data.store import PoseStore
-from diffpose.train import evaluate, pick_device, trained
+from diffpose.data.store import store_meta
+from diffpose.train import FitResult, evaluate, pick_device, trained
 
 log = logging.getLogger(__name__)
 
 
-def _device_tags(cfg_device: str) -> dict[str, str]:
+def device_tags(cfg_device: str) -> dict[str, str]:
+    """Where a trial runs: its device and its Ray node (the host when Ray is not running)."""
     dev = pick_device(cfg_device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
     tags = {"device": f"{dev.type}:{name}" if dev.type == "cuda" else name, "device.type": dev.type,
@@ -36,36 +43,53 @@ def _device_tags(cfg_device: str) -> dict[str, str]:
     return tags
 
 
+def open_run(trial: Trial, context: dict[str, Any], tags: dict[str, str] | None = None) -> TrialRun:
+    """The trial's MLflow run: found again by its ``trial.id``, else created under the driver's parent run.
+    ``context``: tracking URI, experiment and parent run ids, git commit (:meth:`benchmark.runner.Setup.context`).
+    An unfinished run is tagged with the commit, the store's content, where it runs now and ``tags``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    meta = store_meta(trial.config.data.store)
+    tags = {"git.commit": context["git_commit"], "data.fingerprint": meta["fingerprint"],
+            **device_tags(trial.config.train.device), **(tags or {})}
+    run = TrialRun(context["tracking_uri"], context["experiment_id"], context["parent_run_id"], trial, tags,
+                   extra_params={"trial.detector": meta["detector"]})
+    if not run.finished:
+        run.set_tags(tags)  # a retry may land on another node or device
+    return run
+
+
+def train_logged(trial: Trial, run: TrialRun, cache: Path, on_epoch: Callable[[dict[str, float]], None] | None = None,
+                 *, log_epochs: bool = True) -> FitResult:
+    """The trial's training in ``cache``; with ``log_epochs``, each epoch (those done before included) is logged
+    to ``run`` once, then passed to ``on_epoch``. The run is FAILED when the training raises."""
+    def epoch(record: dict[str, float], _checkpoint: Path) -> None:
+        run.log_epoch(record)
+        if on_epoch is not None:
+            on_epoch(dict(record))
+
+    try:
+        return trained(trial.config, cache, on_epoch=epoch if log_epochs else None, progress=False)
+    except Exception:
+        run.finish("FAILED")
+        raise
+
+
 def run_trial(spec: dict[str, Any]) -> None:
     """Tune function trainable. ``spec["trial"]``: :meth:`Trial.to_dict`; ``spec["context"]``: tracking URI,
     experiment and parent run ids, results directory, the trainings' cache, git commit.
 
-    The trial's training is :func:`diffpose.train.trained` in the cache (done before by another trial, or now:
-    an inference-only trial waits for the training it evaluates); every epoch of it is logged to the trial's
-    run, then its test evaluation."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    An inference-only trial waits for the training it evaluates and logs none of its epochs; every other trial's
+    epochs are logged to its run and reported to Tune, then its test evaluation."""
     trial = Trial.from_dict(spec["trial"])
     ctx = spec["context"]
-    cfg = trial.config
-    store = PoseStore.open(cfg.data.store)
-    tags = {"git.commit": ctx["git_commit"], "data.fingerprint": store.meta["fingerprint"],
-            **_device_tags(cfg.train.device)}
-    run = TrialRun(ctx["tracking_uri"], ctx["experiment_id"], ctx["parent_run_id"], trial, tags,
-                   extra_params={"trial.detector": store.meta["detector"]})
+    run = open_run(trial, ctx)
     if run.finished:
         log.info("%s already finished in run %s", trial.name, run.run_id)
         tune.report({"done_before": 1.0, **{k: v for k, v in run.metrics.items() if "." not in k}})
         return
-    run.set_tags(tags)  # a retry may land on another node or device
-
-    def on_epoch(record: dict[str, float], _checkpoint: Path) -> None:
-        run.log_epoch(record)
-        tune.report(dict(record))
-
-    cache = Path(ctx["cache"])
+    result = train_logged(trial, run, Path(ctx["cache"]), tune.report, log_epochs=not trial.eval_only)
     try:
-        result = trained(cfg, cache, on_epoch=None if trial.eval_only else on_epoch, progress=False)
-        training = training_metrics(result, cfg.train.metric)
+        training = training_metrics(result, trial.config.train.metric)
         if trial.stage == "encoder":
             run.log_final(training, [])
             run.finish()

@@ -10,7 +10,6 @@ killed by its id (a Ray the driver started: by the pids whose command line names
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import signal
@@ -19,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -32,10 +32,8 @@ from optuna.trial import TrialState
 from benchmark.cli import main
 from benchmark.search import (
     RESERVED,
-    TRIAL_ID,
-    TRIAL_NUMBER,
+    Objective,
     SearchError,
-    StudySearch,
     TrialSeededSampler,
     display_url,
     export_best,
@@ -251,106 +249,146 @@ def test_a_trials_proposal_depends_on_the_seed_and_its_number_not_on_the_driver(
     assert one != other
 
 
-def _searcher(search, storage, budget=None, driver="d", epochs=None, deadline=math.inf) -> StudySearch:
-    return StudySearch(space=search.distributions(), objective=search.objective, study_name=search.study,
-                       storage=storage, sampler=TrialSeededSampler(seed=0, n_startup_trials=3),
-                       budget=budget or search.trials, epochs=epochs or search.epochs, driver=driver,
-                       deadline=deadline)
+def _scripted(plan: dict[int, list[float] | str], calls: list[int] | None = None):
+    """An executor whose trial ``n`` reports ``plan[n]`` as its val_p1 per epoch ("error": it fails before its
+    first epoch); ``calls`` collects the trials it was asked to train."""
+    def execute(number: int, params: dict) -> Iterator[dict]:
+        if calls is not None:
+            calls.append(number)
+        if plan[number] == "error":
+            raise RuntimeError("a trial that fails")
+        for epoch, value in enumerate(plan[number], 1):
+            yield {"epoch": epoch, "val_p1": value, "val_p2": value / 2}
+    return execute
 
 
-def _result(epoch: int, value: float, objective: str = "best_val_p1") -> dict:
-    return {"epoch": epoch, objective: value, "training_iteration": epoch}
+def _poll(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+# The first driver of the budget test: trial 0 (the default) completes, 1 is pruned (ASHA: worse than 0 at epoch
+# 1), 2 errs, and the driver is killed while 3, the last slot of the budget, trains.
+FIRST = """
+import sys, time
+from benchmark.search import Objective, load_search, open_storage, open_study
+search = load_search(sys.argv[1], results_dir=sys.argv[2])
+study = open_study(search, open_storage(search), "fp")
+def execute(number, params):
+    if number == 2:
+        raise RuntimeError("a trial that fails")
+    if number == 3:
+        time.sleep(2)       # past the first heartbeats (Optuna never fails a trial that has not beaten yet)
+        print("training", number, flush=True)
+        time.sleep(600)
+    for epoch, value in enumerate({0: [50.0, 40.0], 1: [70.0, 65.0]}[number], 1):
+        yield {"epoch": epoch, "val_p1": value}
+Objective(search, execute, driver="first").optimize(study)
+"""
 
 
 def test_the_budget_counts_complete_and_pruned_trials_not_failed_or_stale_ones(fake_store, tmp_path):
-    search = load_search(_write(tmp_path, _search_text(fake_store, "trials = 3\nstale_after_s = 2")),
-                         results_dir=tmp_path)
-    storage = open_storage(search)
-    study = open_study(search, storage, "fp")
-    first = _searcher(search, storage, driver="first")
-    a = first.suggest("a")
-    assert {k: a[k] for k in search.defaults()} == search.defaults() and a[TRIAL_NUMBER] == 0  # the default
-    assert "a" in first.defaults
-    first.on_trial_result("a", _result(1, 50.0))
-    first.on_trial_complete("a", _result(2, 40.0))               # all epochs: COMPLETE, value 40
-    b = first.suggest("b")
-    first.on_trial_result("b", _result(1, 70.0))
-    first.on_trial_complete("b", _result(1, 70.0))               # stopped after epoch 1 of 2: PRUNED at 70
-    c = first.suggest("c")
-    first.on_trial_complete("c", _result(1, 60.0), error=True)   # errored: FAIL, not counted
-    trials = {t.number: t for t in study.get_trials()}
-    assert [trials[n].state for n in (a[TRIAL_NUMBER], b[TRIAL_NUMBER], c[TRIAL_NUMBER])] == [
-        TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
-    assert trials[0].value == 40.0 and trials[b[TRIAL_NUMBER]].value == 70.0
-    assert trials[b[TRIAL_NUMBER]].intermediate_values == {1: 70.0}
+    path = _write(tmp_path, _search_text(fake_store, "trials = 3\nstale_after_s = 6"))
+    search = load_search(path, results_dir=tmp_path)
+    first = subprocess.Popen([sys.executable, "-c", FIRST, str(path), str(tmp_path)], cwd=REPO, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    watchdog = threading.Timer(180, os.killpg, (first.pid, signal.SIGKILL))
+    watchdog.start()
+    try:
+        lines = iter(first.stdout.readline, "")
+        assert any(line.startswith("training 3") for line in lines), "the first driver ended before its trial 3"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)                     # trial 3 is live, then its driver dies
+        first.wait(30)
+        watchdog.cancel()
+    trials = optuna.load_study(study_name="t", storage=search.storage).get_trials()  # (no stale check here)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
+                                         TrialState.RUNNING]
+    assert trials[0].params == search.defaults() and trials[0].user_attrs["default"]  # trial 0: the default
+    assert trials[0].value == 40.0 and trials[1].value == 70.0 and trials[1].intermediate_values == {1: 70.0}
+    study = open_study(search, open_storage(search), "fp")
 
-    d = first.suggest("d")                                        # the last slot of the budget ...
-    assert d not in (None, "FINISHED")
-    other = _searcher(search, storage, driver="other")
-    assert other.suggest("x") is None                             # ... is live: the other driver waits
-    time.sleep(3.5)                                               # ... until the first driver's beats stop
-    e = other.suggest("e")
-    assert e is not None and e != "FINISHED"
-    assert study._storage.get_trial(d[TRIAL_ID]).state == TrialState.FAIL
-    other.on_trial_complete("e", _result(2, 30.0))
-    assert other.suggest("f") == "FINISHED"
-    counted = [t for t in study.get_trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert len(counted) == 3 and study.best_trial.value == 30.0
-    assert other.started == [e[TRIAL_NUMBER]]
+    seen = {}
+
+    def execute(number: int, params: dict) -> Iterator[dict]:
+        seen[number] = study.get_trials()[3].state
+        yield from _scripted({4: [31.0, 30.0]})(number, params)
+
+    other = Objective(search, execute, driver="other")
+    other.optimize(study)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
+                                         TrialState.FAIL, TrialState.COMPLETE]
+    # trial 4 was asked for while 3 held the last slot, and trained only once 3 had failed as stale
+    assert trials[4].datetime_start < trials[3].datetime_complete and seen == {4: TrialState.FAIL}
+    assert study.best_trial.value == 30.0 and other.started == [4]
+    other.optimize(study)                       # the budget is full: nothing more starts
+    assert len(study.get_trials()) == 5
 
 
-def test_a_trial_asked_for_past_the_budget_by_a_racing_driver_is_failed_not_run(fake_store, tmp_path,
-                                                                                    monkeypatch):
+def test_a_trial_asked_for_past_the_budget_by_a_racing_driver_is_failed_not_run(fake_store, tmp_path):
     search = load_search(_write(tmp_path, _search_text(fake_store, "trials = 1")), results_dir=tmp_path)
-    storage = open_storage(search)
-    study = open_study(search, storage, "fp")
-    first, racing = _searcher(search, storage, driver="first"), _searcher(search, storage, driver="racing")
-    assert first.suggest("a")[TRIAL_NUMBER] == 0
-    monkeypatch.setattr(racing, "_counted", lambda: (0, 0))      # it counted before the first one asked
-    assert racing.suggest("b") is None
-    rejected = study.get_trials()[1]
-    assert rejected.state == TrialState.FAIL and rejected.user_attrs["search.rejected"]
-    assert racing.started == [] and study.get_trials()[0].state == TrialState.RUNNING
+    study = open_study(search, open_storage(search), "fp")
+    asked = threading.Event()
+
+    def slow(number: int, params: dict) -> Iterator[dict]:
+        assert asked.wait(120)
+        yield from _scripted({0: [50.0, 45.0]})(number, params)
+
+    ran: list[int] = []
+    first, racing = Objective(search, slow, driver="first"), Objective(search, _scripted({}, ran), driver="racing")
+    threads = [threading.Thread(target=first.optimize, args=(study,))]
+    threads[0].start()
+    try:
+        _poll(lambda: [t.state for t in study.get_trials()] == [TrialState.RUNNING], 60, "the first trial")
+        racing_study = open_study(search, open_storage(search), "fp")     # a second driver's handle
+        threads.append(threading.Thread(target=racing.optimize, args=(racing_study,)))
+        threads[1].start()
+        _poll(lambda: len(study.get_trials()) == 2, 60, "the racing driver's trial")
+        time.sleep(1.0)
+        assert [t.state for t in study.get_trials()] == [TrialState.RUNNING] * 2   # it waits for the slot ...
+    finally:
+        asked.set()
+        for t in threads:
+            t.join(120)
+    kept, rejected = study.get_trials()
+    assert kept.state == TrialState.COMPLETE and first.started == [0]
+    assert rejected.state == TrialState.FAIL and rejected.user_attrs["search.rejected"]   # ... which never frees
+    assert racing.started == [] and ran == []
 
 
 @pytest.mark.parametrize("pruner", ["asha", "median"])
-def test_schedulers_stop_a_worse_trial_but_never_the_default_nor_at_the_last_epoch(pruner, fake_store, tmp_path):
-    from types import SimpleNamespace
-
-    from benchmark.search import scheduler
-
-    text = _search_text(fake_store, f'pruner = "{pruner}"\nstartup_trials = 2\ntrials = 6', "train.epochs = 3")
-    search = load_search(_write(tmp_path, text.replace("train.epochs = 2\n", "")), results_dir=tmp_path)
-    storage = open_storage(search)
-    open_study(search, storage, "fp")
-    searcher = _searcher(search, storage)
-    sched = scheduler(search, searcher)
-    decide = {}
-    for tid, first in (("a", 10.0), ("b", 12.0), ("c", 30.0)):   # a is the default config
-        searcher.suggest(tid)
-        trial = SimpleNamespace(trial_id=tid, config={}, evaluated_params={})
-        if pruner == "asha":
-            sched.on_trial_add(None, trial)
-        decide[tid] = sched.on_trial_result(None, trial, _result(1, first))
-        if tid != "c":
-            searcher.on_trial_result(tid, _result(1, first))
-            searcher.on_trial_complete(tid, _result(3, first - 1))
-    # ASHA: b is worse than a at rung 1 (the better half goes on); the median pruner waits for 2 complete trials
-    assert decide == {"a": "CONTINUE", "b": "STOP" if pruner == "asha" else "CONTINUE", "c": "STOP"}
-    searcher.suggest("d")
-    trial = SimpleNamespace(trial_id="d", config={}, evaluated_params={})
-    if pruner == "asha":
-        sched.on_trial_add(None, trial)
-    assert sched.on_trial_result(None, trial, _result(3, 99.0)) == "CONTINUE"   # its last epoch: it ends anyway
-    searcher.defaults.add("d")
-    assert sched.on_trial_result(None, trial, _result(1, 99.0)) == "CONTINUE"   # the reference is never pruned
+def test_pruners_stop_a_worse_trial_but_never_the_default_nor_at_the_last_epoch(pruner, fake_store, tmp_path):
+    text = _search_text(fake_store, f'pruner = "{pruner}"\nstartup_trials = 2\ntrials = 4')
+    search = load_search(_write(tmp_path, text), results_dir=tmp_path)
+    study = open_study(search, open_storage(search), "fp")
+    # 0: the default; 1: worse than 0 at epoch 1 (ASHA keeps the better half; the median pruner waits for 2
+    # complete trials); 2: worst; 3: above the median (and ASHA's cut) only at its last epoch; 4: the default again,
+    # now the worst at every epoch.
+    plan = {0: [10.0, 9.0], 1: [12.0, 11.0], 2: [30.0, 30.0], 3: [10.2, 10.1], 4: [99.0, 99.0]}
+    Objective(search, _scripted(plan)).optimize(study)
+    study.enqueue_trial(search.defaults(), user_attrs={"default": True})
+    more = load_search(_write(tmp_path, text.replace("trials = 4", "trials = 5"), "search_more.toml"),
+                       results_dir=tmp_path)                         # a driver with a larger budget, same study
+    Objective(more, _scripted(plan)).optimize(open_study(more, open_storage(more), "fp"))
+    trials = study.get_trials()
+    pruned = {"asha": [1, 2], "median": [2]}[pruner]
+    assert [t.number for t in trials if t.state == TrialState.PRUNED] == pruned
+    assert [t.number for t in trials if t.state == TrialState.COMPLETE] == [n for n in range(5) if n not in pruned]
+    assert all(trials[n].user_attrs["search.epochs"] == 1 and trials[n].value == plan[n][0] for n in pruned)
+    assert trials[3].value == 10.1 and trials[4].value == 99.0
 
 
 def test_a_driver_past_its_time_budget_starts_nothing(fake_store, tmp_path):
     search = load_search(_write(tmp_path, _search_text(fake_store)), results_dir=tmp_path)
-    storage = open_storage(search)
-    open_study(search, storage, "fp")
-    assert _searcher(search, storage, deadline=time.time() - 1).suggest("a") == "FINISHED"
+    study = open_study(search, open_storage(search), "fp")
+    ran: list[int] = []
+    late = Objective(search, _scripted({}, ran), deadline=time.time() - 1)
+    late.optimize(study, concurrency=2)
+    assert late.started == [] and ran == [] and [t.state for t in study.get_trials()] == [TrialState.WAITING]
 
 
 def test_a_study_of_another_search_is_refused(fake_store, tmp_path):
@@ -369,10 +407,7 @@ def test_a_study_of_another_search_is_refused(fake_store, tmp_path):
 def _known_study(search, storage) -> optuna.Study:
     """Trial 0 the default (50 mm), 1 complete (42.5), 2 pruned (90 at epoch 1), 3 complete (45)."""
     study = open_study(search, storage, "fp")
-    s = _searcher(search, storage)
-    for tid, (epochs, value) in zip("abcd", [(2, 50.0), (2, 42.5), (1, 90.0), (2, 45.0)], strict=True):
-        s.suggest(tid)
-        s.on_trial_complete(tid, _result(epochs, value))
+    Objective(search, _scripted({0: [60.0, 50.0], 1: [45.0, 42.5], 2: [90.0, 80.0], 3: [48.0, 45.0]})).optimize(study)
     return study
 
 
@@ -443,11 +478,9 @@ def test_best_so_far_and_the_trials_frame_have_known_values(fake_store, tmp_path
 
 
 def test_importances_need_two_complete_trials(fake_store, tmp_path):
-    search = load_search(_write(tmp_path, _search_text(fake_store)), results_dir=tmp_path)
+    search = load_search(_write(tmp_path, _search_text(fake_store, "trials = 1")), results_dir=tmp_path)
     study = open_study(search, open_storage(search), "fp")
-    s = _searcher(search, open_storage(search))
-    s.suggest("a")
-    s.on_trial_complete("a", _result(2, 50.0))
+    Objective(search, _scripted({0: [55.0, 50.0]})).optimize(study)
     assert importances(study) == ({}, "1 complete trial: importances need 2 or more")
     section = search_section(study, "sqlite:///x.db")
     assert [p.name for p in section.plots] == ["search_t_history"] and "no parameter importances" in section.warnings[0]
@@ -597,13 +630,14 @@ def test_a_killed_search_resumes_from_its_storage_without_counting_a_trial_twice
     exp = client.get_experiment_by_name("k")
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`diffpose.role` = 'trial'")
     study = optuna.load_study(study_name="k", storage=killed_search.url)
-    by_id = {t._trial_id: t for t in study.get_trials()}
-    ids = [int(r.data.tags["optuna.trial_id"]) for r in runs]
-    assert sorted(by_id[i].number for i in ids if by_id[i].state.name in ("COMPLETE", "PRUNED")) == sorted(counted)
-    assert len(set(ids)) == len(ids)                                 # one MLflow run per Optuna trial
+    by_number = {t.number: t for t in study.get_trials()}
+    numbers = [int(r.data.tags["optuna.trial"]) for r in runs]
+    assert all(r.data.tags["optuna.study"] == "k" for r in runs)
+    assert sorted(n for n in numbers if by_number[n].state.name in ("COMPLETE", "PRUNED")) == sorted(counted)
+    assert len(set(numbers)) == len(numbers)                         # one MLflow run per Optuna trial
     assert all(r.info.status != "RUNNING" for r in runs)
     for r in runs:
-        t = by_id[int(r.data.tags["optuna.trial_id"])]
+        t = by_number[int(r.data.tags["optuna.trial"])]
         expected = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}[t.state.name]
         assert r.info.status == expected and r.data.tags["search.state"] == t.state.name.lower()
         assert r.data.params["trial.axis"] == "search"
@@ -722,36 +756,23 @@ def postgres() -> Iterator[str]:
 
 DRIVE = """
 import sys, time
-from benchmark.search import StudySearch, TrialSeededSampler, load_search, open_storage, open_study
+from benchmark.search import Objective, load_search, open_storage, open_study
 search = load_search(sys.argv[1], storage=sys.argv[2])
-storage = open_storage(search)
-open_study(search, storage, "fp")
-s = StudySearch(space=search.distributions(), objective=search.objective, study_name=search.study,
-                storage=storage, sampler=TrialSeededSampler(seed=0, n_startup_trials=4), budget=search.trials,
-                epochs=search.epochs, driver=sys.argv[3])
-live, i = [], 0
-while True:
-    if len(live) < 2:
-        i += 1
-        got = s.suggest(f"{sys.argv[3]}-{i}")
-        if got == "FINISHED" and not live:
-            break
-        if isinstance(got, dict):
-            live.append((f"{sys.argv[3]}-{i}", got))
-            continue
-    if live:
-        tid, params = live.pop(0)
-        value = 100 * params["train.lr"] + params["model.dropout"]   # a made-up objective of the point
-        time.sleep(0.05)
-        s.on_trial_result(tid, {"epoch": 1, "best_val_p1": value + 1})
-        s.on_trial_complete(tid, {"epoch": 2, "best_val_p1": value})
-print("ran", s.started)
+study = open_study(search, open_storage(search), "fp")
+def execute(number, params):
+    value = 100 * params["train.lr"] + params["model.dropout"]   # a made-up objective of the point
+    time.sleep(0.05)
+    yield {"epoch": 1, "val_p1": value + 1}
+    yield {"epoch": 2, "val_p1": value}
+driver = Objective(search, execute, driver=sys.argv[3])
+driver.optimize(study, concurrency=2)
+print("ran", driver.started)
 """
 
 
 @pytest.mark.cluster
 def test_two_drivers_share_one_study_on_postgresql_without_double_counting(postgres, fake_store, tmp_path):
-    search_file = _write(tmp_path, _search_text(fake_store, "trials = 12"))
+    search_file = _write(tmp_path, _search_text(fake_store, 'trials = 12\npruner = "none"'))
     env = {k: v for k, v in os.environ.items() if k != "OPTUNA_STORAGE"}
     procs = [subprocess.Popen([sys.executable, "-c", DRIVE, str(search_file), postgres, name], cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)

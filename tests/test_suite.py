@@ -12,7 +12,7 @@ from benchmark.suite import SuiteError, load_suite
 from diffpose.config import AXES, VARIANTS, Config
 
 REPO = Path(__file__).resolve().parents[1]
-# ablations/search_*.toml are hyperparameter searches (benchmark/search.py), not suites.
+# ablations/search_*.toml are hyperparameter searches (benchmark/search/), not suites.
 SUITES = sorted(p for p in (REPO / "ablations").glob("*.toml") if not p.name.startswith("search_"))
 
 
