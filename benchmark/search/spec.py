@@ -43,6 +43,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -319,6 +320,7 @@ def load_search(path: str | Path, *, results_dir: str | Path = "results", storag
                 check_data: bool = True) -> Search:
     """Read and validate a search file; nothing is created or started. The study storage is ``storage``,
     else ``OPTUNA_STORAGE``, else the file's ``search.storage``, else SQLite under ``results_dir``."""
+    # 1. The file's tables and the [search] table's keys.
     path = Path(path)
     raw = read_toml(path, SearchError, "search file")
     fail = _Fail(path)
@@ -335,7 +337,49 @@ def load_search(path: str | Path, *, results_dir: str | Path = "results", storag
     def get(key: str, kind: type | tuple[type, ...], default: Any) -> Any:
         return typed(head.get(key, default), kind, f"search.{key}", fail)
 
-    name = get("name", str, path.stem)
+    # 2. The search's own settings: objective, budget, pruner, sampler.
+    settings = _settings(get, fail, path.stem)
+    # 3. The one dataset, the resources, and the config every trial starts from.
+    ds_tables = table_of(raw, "datasets", fail)
+    key = get("dataset", str, next(iter(ds_tables), ""))
+    if key not in ds_tables:
+        raise fail("search.dataset", f"dataset {key!r} has no [datasets.{key}] table")
+    if len(ds_tables) > 1:
+        raise fail("datasets", f"a search runs on one dataset; drop the tables other than [datasets.{key}]")
+    dataset = dataset_spec(key, ds_tables[key], path, fail, check_data)
+    cpu, gpu = parse_resources(table_of(raw, "resources", fail), fail)
+    seed = get("seed", int, 0)
+    base = table_of(raw, "base", fail)
+    fixed = _fixed_config(path, base, dataset, settings["variant"], seed, cpu, settings["metric"], fail)
+    if settings["grace_period"] >= fixed.train.epochs and settings["pruner"] != "none":
+        raise fail("search.grace_period", f"{settings['grace_period']} leaves nothing to prune in "
+                                          f"{fixed.train.epochs} epochs (train.epochs); lower it or set "
+                                          "pruner = \"none\"")
+    # 4. The space, over keys the file does not fix, and the study's storage.
+    space = _dimensions(raw.get("space", {}), fixed, set(merge(base)) | set(merge(dataset.overrides)), fail)
+    url = storage_url(storage or os.environ.get("OPTUNA_STORAGE") or get("storage", str, ""), results_dir)
+    _check_storage(url, fail)
+    search = Search(
+        file=path, description=get("description", str, ""), study=get("study", str, settings["name"]),
+        storage=url, dataset=dataset, seed=seed, sampler_seed=get("sampler_seed", int, 0),
+        start_from_default=get("start_from_default", bool, True), max_failures=get("max_failures", int, 1),
+        cpu=cpu, gpu=gpu, base=base, space=space, fixed=fixed, **settings)
+    if search.max_failures < 0:
+        raise fail("search.max_failures", f"must be >= 0 (retries of a failed trial), got {search.max_failures}")
+    # 5. The default config, the first trial, must lie inside the space.
+    if search.start_from_default:
+        defaults = search.defaults()
+        for dim in space:
+            if not dim.contains(defaults[dim.key]):
+                raise fail(f"space.{dim.key}", f"the default {dim.key} = {defaults[dim.key]!r} is outside the "
+                                               "space; widen it or set search.start_from_default = false")
+    return search
+
+
+def _settings(get: Callable[[str, Any, Any], Any], fail: _Fail, stem: str) -> dict[str, Any]:
+    """The [search] table's settings of the objective, budget, pruner and sampler, validated (the name defaults
+    to the file's ``stem``)."""
+    name = get("name", str, stem)
     metric = get("metric", str, "val_p1")
     if metric.startswith("test"):
         raise fail("search.metric", f"{metric!r} is a test-split metric; a search selects on validation only "
@@ -365,49 +409,23 @@ def load_search(path: str | Path, *, results_dir: str | Path = "results", storag
     random_trials, startup = get("random_trials", int, 5), get("startup_trials", int, 2)
     if stale < 2 or random_trials < 0 or startup < 0:
         raise fail("search", "stale_after_s must be >= 2, random_trials and startup_trials >= 0")
+    return {"name": name, "metric": metric, "variant": variant, "trials": trials, "time_budget_s": time_budget,
+            "concurrency": concurrency, "pruner": pruner, "grace_period": grace, "reduction_factor": factor,
+            "stale_after_s": stale, "random_trials": random_trials, "startup_trials": startup}
 
-    ds_tables = table_of(raw, "datasets", fail)
-    key = get("dataset", str, next(iter(ds_tables), ""))
-    if key not in ds_tables:
-        raise fail("search.dataset", f"dataset {key!r} has no [datasets.{key}] table")
-    if len(ds_tables) > 1:
-        raise fail("datasets", f"a search runs on one dataset; drop the tables other than [datasets.{key}]")
-    dataset = dataset_spec(key, ds_tables[key], path, fail, check_data)
-    cpu, gpu = parse_resources(table_of(raw, "resources", fail), fail)
-    seed = get("seed", int, 0)
-    base = table_of(raw, "base", fail)
+
+def _fixed_config(path: Path, base: dict[str, Any], dataset: DatasetSpec, variant: str, seed: int, cpu: float,
+                  metric: str, fail: _Fail) -> Config:
+    """The config every trial starts from: defaults, [base], the dataset's overrides, the variant, and what the
+    search sets itself (which [base] may not)."""
     reserved = sorted(set(merge(base)) & set(RESERVED))
     if reserved:
         raise fail(f"base.{reserved[0]}", "is set by the search itself (the store, search.seed, "
                                          "resources.cpu, search.metric)")
     try:
         shared = merge(base, dataset.overrides)
-        fixed = Config().override(merge(shared, encoder_follows(shared), VARIANTS[variant][2], {
+        return Config().override(merge(shared, encoder_follows(shared), VARIANTS[variant][2], {
             "data.store": str(dataset.store), "train.seed": seed, "train.threads": max(1, int(cpu)),
             "train.metric": metric}), source=f"{path}: variant {variant!r}")
     except ConfigError as e:
         raise SearchError(str(e)) from None
-    if grace >= fixed.train.epochs and pruner != "none":
-        raise fail("search.grace_period", f"{grace} leaves nothing to prune in {fixed.train.epochs} epochs "
-                                          "(train.epochs); lower it or set pruner = \"none\"")
-    space = _dimensions(raw.get("space", {}), fixed, set(merge(base)) | set(merge(dataset.overrides)), fail)
-
-    url = storage_url(storage or os.environ.get("OPTUNA_STORAGE") or get("storage", str, ""), results_dir)
-    _check_storage(url, fail)
-    search = Search(
-        name=name, file=path, description=get("description", str, ""), study=get("study", str, name),
-        storage=url, dataset=dataset, variant=variant, seed=seed, metric=metric, trials=trials,
-        time_budget_s=time_budget, concurrency=concurrency, sampler_seed=get("sampler_seed", int, 0),
-        random_trials=random_trials, pruner=pruner, grace_period=grace, reduction_factor=factor,
-        startup_trials=startup, stale_after_s=stale,
-        start_from_default=get("start_from_default", bool, True), max_failures=get("max_failures", int, 1),
-        cpu=cpu, gpu=gpu, base=base, space=space, fixed=fixed)
-    if search.max_failures < 0:
-        raise fail("search.max_failures", f"must be >= 0 (retries of a failed trial), got {search.max_failures}")
-    if search.start_from_default:
-        defaults = search.defaults()
-        for dim in space:
-            if not dim.contains(defaults[dim.key]):
-                raise fail(f"space.{dim.key}", f"the default {dim.key} = {defaults[dim.key]!r} is outside the "
-                                               "space; widen it or set search.start_from_default = false")
-    return search
