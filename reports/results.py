@@ -36,9 +36,10 @@ CURVE = "curve.val_p1"   # the learning curve: validation P1 (mm) per epoch, epo
 # Fields that define an evaluation protocol: rows that differ in one of them never share a ranking silently.
 PROTOCOL_FIELDS = ("dataset", "detector", "frames", "eval_mode", "flip_test", "hypotheses", "aggregate")
 
-# Params that identify a run, not its configuration (ignored when checking that a variant's runs agree).
-RUN_IDENTITY_PARAMS = ("train.seed", "trial.seed", "train.device", "train.threads", "train.eval_batch_size",
-                       "data.store")
+# Params that identify a run, not its configuration (ignored when checking that a variant's runs agree);
+# trial.training is the fingerprint of the run's training, which includes its seed.
+RUN_IDENTITY_PARAMS = ("train.seed", "trial.seed", "trial.training", "train.device", "train.threads",
+                       "train.eval_batch_size", "data.store")
 
 
 class ResultsError(ValueError):

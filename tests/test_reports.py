@@ -268,6 +268,19 @@ def test_comparison_mean_std_and_ranking_hand_computed(demo_tables):
     assert not any(r.section == "Published" for r in table.rows)          # no H36M numbers beside mocap17
 
 
+def test_seeds_of_a_variant_are_one_row_though_their_training_fingerprints_differ(demo_frame):
+    """trial.training fingerprints a training, seed included: runs of one variant over seeds differ in it and
+    still make one row (the converged study's SemGCN rows were split by it)."""
+    runs, _ = finished_trials(demo_frame)
+    runs = runs.copy()
+    runs["params.trial.training"] = [f"{v}-{s}" for v, s in zip(runs["params.trial.variant"],
+                                                                runs["params.trial.seed"], strict=True)]
+    tables, warnings = all_tables(runs)
+    comparison = next(t for t in tables if t.name == "comparison_mocap17")
+    assert not [w for w in warnings if "differ in their config" in w]
+    assert _row(comparison, "DiffPose", "Protocol #1").cells["n"].text == "2"
+
+
 def test_video_runs_get_an_mpjve_panel_and_their_evaluation_mode_in_the_protocol(demo_frame):
     """Runs at T = 27: chunked and sliding evaluation are different protocols (two tables); MPJVE, where a run
     has it, is a third panel per action."""
