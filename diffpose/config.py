@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from diffpose import convergence
+
 
 class ConfigError(ValueError):
     """A config key is unknown or has the wrong type or value. One line, naming the key and the source."""
@@ -156,8 +158,7 @@ class Train:
     flip_augment: bool = False            # random left/right mirroring of training samples
     draw_kernels: bool = True             # training 2D input: a GMM kernel's mean drawn per joint from pi
     ema: float = 0.0                      # EMA decay of the weights, used at evaluation; 0 = off
-    # Stop once the validation curve has converged by the project's rule (diffpose.train.converged): the best
-    # of the last quarter of the epochs improves on the best before it by less than 1%, after 20 epochs or more.
+    # Stop once the validation curve has converged by the project's rule (diffpose.convergence).
     stop_at_convergence: bool = True
     seed: int = 0
     device: str = "auto"                  # "auto" | "cpu" | "cuda" | "cuda:1" | "mps"
@@ -251,11 +252,13 @@ class Config:
     def identity(self, fingerprint: str) -> str:
         """What a training computes, wherever it runs: ``<lifter>-<hash>`` of the config without its machine
         keys (``MACHINE_KEYS``: the store's path, the device, threads) and the sections the lifter does not use,
-        with the store's content fingerprint. Two trainings of one identity are one training (a baseline and
-        an encoder included)."""
+        with the store's content fingerprint, and the convergence rule of a training that stops by it. Two
+        trainings of one identity are one training (a baseline and an encoder included)."""
         unused = () if self.uses_encoder else ("encoder.",)
         unused += () if self.model.lifter == "diffpose" else ("diffusion.",)
         flat = {k: v for k, v in self.flatten().items() if k not in MACHINE_KEYS and not k.startswith(unused)}
+        if self.train.stop_at_convergence:  # where it stops depends on the rule
+            flat["train.convergence_rule"] = convergence.RULE
         blob = json.dumps({"config": flat, "store": fingerprint}, sort_keys=True, separators=(",", ":"))
         return f"{self.model.lifter}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 

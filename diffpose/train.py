@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from diffpose import metrics
 from diffpose.config import Config, ConfigError, Train
+from diffpose.convergence import converged
 from diffpose.data.source import DataError
 from diffpose.data.store import Batch, PoseStore, Sampler, mirror, store_meta
 from diffpose.lifters import Lifter, Sampled, build_lifter, encoder_network, sampled
@@ -171,23 +172,6 @@ def bn_momentum(t: Train, epoch: int) -> float:
     """VideoPose3D's batch-norm momentum of ``epoch`` (from 0): 0.1 decayed exponentially to
     ``bn_momentum_end`` at ``train.epochs``."""
     return 0.1 * math.exp(-epoch / t.epochs * math.log(0.1 / t.bn_momentum_end))
-
-
-# The project's convergence rule, on the validation curve of the selection metric (lower is better): after at
-# least CONVERGENCE_MIN_EPOCHS epochs, the best value of the last quarter of the epochs (rounded up) improves on
-# the best value before it by less than CONVERGENCE_TOLERANCE, relative.
-CONVERGENCE_MIN_EPOCHS = 20
-CONVERGENCE_TOLERANCE = 0.01
-
-
-def converged(curve: list[float]) -> bool:
-    """Whether a validation curve (one value per epoch, lower is better) has converged by the project's rule."""
-    n = len(curve)
-    if n < CONVERGENCE_MIN_EPOCHS:
-        return False
-    last = math.ceil(n / 4)
-    before, recent = min(curve[:n - last]), min(curve[n - last:])
-    return recent > before * (1.0 - CONVERGENCE_TOLERANCE)
 
 
 def _save(obj: dict, path: Path) -> None:

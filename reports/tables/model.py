@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from diffpose.train import CONVERGENCE_MIN_EPOCHS, CONVERGENCE_TOLERANCE
+from diffpose import convergence
 from reports.results import column, metric
 
 MISSING = "–"
@@ -143,7 +143,7 @@ def rank_cells(table: Table) -> Table:
 # ---- convergence --------------------------------------------------------------------------------------------
 
 def converged_runs(runs: pd.DataFrame) -> pd.Series:
-    """Per run: whether its training converged by the project's rule (diffpose.train.converged); a run that
+    """Per run: whether its training converged by the project's rule (diffpose.convergence); a run that
     did not log it counts as not converged."""
     return pd.to_numeric(column(runs, metric("converged")), errors="coerce").fillna(0.0) == 1.0
 
@@ -171,7 +171,6 @@ def mark_convergence(row: Row, runs: pd.DataFrame, table: list[str]) -> Row:
 def convergence_note(unconverged: list[str]) -> list[str]:
     if not unconverged:
         return []
-    return [f"{NOT_CONVERGED} trained short of convergence by the project's rule (diffpose.train.converged: "
-            f"after {CONVERGENCE_MIN_EPOCHS} epochs or more, the best validation value of the last quarter of "
-            f"the epochs improves on the best before it by less than {CONVERGENCE_TOLERANCE:.0%}): "
+    return [f"{NOT_CONVERGED} trained short of convergence by the project's rule (diffpose.convergence: "
+            f"{convergence.DESCRIPTION}): "
             + "; ".join(unconverged) + "."]
