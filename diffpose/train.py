@@ -180,6 +180,15 @@ def _save(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _load_failure(e: BaseException) -> str:
+    """Why torch.load failed, in a few words: its message's first sentence (a bare KeyError from the pickle
+    reader, on a file that is not a checkpoint, says only a byte value)."""
+    if isinstance(e, KeyError | IndexError) or not str(e).strip():
+        return "not a torch file"
+    first = str(e).strip().splitlines()[0].split(". ")[0]
+    return first if len(first) <= 120 else first[:first.rfind(" ", 0, 120)] + " …"
+
+
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
     """A checkpoint written by :func:`fit` (tensors and plain data only: loaded with weights_only=True).
     A file that is missing, not a torch checkpoint, truncated or not one of ours raises :class:`DataError`."""
@@ -193,8 +202,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
         raise DataError(path, "not a checkpoint: not a torch file, or one holding more than tensors and plain "
                               "data (refused, not unpickled)") from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError, IndexError, TypeError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(path, f"not a readable checkpoint, truncated or damaged ({reason[:120]})") from None
+        raise DataError(path, f"not a readable checkpoint, truncated or damaged ({_load_failure(e)})") from None
     if not isinstance(state, dict) or not {"config", "config_hash", "model"} <= set(state):
         raise DataError(path, "not a checkpoint written by `diffpose-bench train` (no config and weights)")
     return state

@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -245,7 +247,9 @@ def test_evaluate_a_bad_checkpoint(checkpoint, tmp_path, capsys, kind):
         import torch
 
         torch.save({"weights": torch.zeros(2)}, ckpt)
-    one_line(*run(capsys, "evaluate", ckpt), str(ckpt))
+    why = {"text": "(not a torch file)", "truncated": "truncated or damaged", "missing": "no such checkpoint",
+           "directory": "not a file", "not ours": "not a checkpoint written by"}[kind]
+    one_line(*run(capsys, "evaluate", ckpt), str(ckpt), why)
 
 
 def test_evaluate_out_is_a_directory(checkpoint, tmp_path, capsys):
@@ -321,7 +325,10 @@ def test_train_on_a_damaged_store(store, tmp_path, capsys, damage):
     else:
         (bad / "meta.json").unlink()
     out = tmp_path / "out"
-    one_line(*run(capsys, "train", *TINY, "--set", f"data.store={bad}", "--out", out), str(bad))
+    code, err = run(capsys, "train", *TINY, "--set", f"data.store={bad}", "--out", out)
+    one_line(code, err, str(bad))
+    if damage == "meta.json a list":
+        assert "not a JSON object" in err
     assert not out.exists()
 
 
@@ -365,6 +372,27 @@ def test_suite_and_search_files(tmp_path, capsys, command, kind):
     results = tmp_path / "results"
     one_line(*run(capsys, verb, flag, path, "--results", results), str(path))
     assert not results.exists()
+
+
+@pytest.mark.parametrize("mistake", ["camera res_w 0", "2D file a pickle", "out unwritable"])
+def test_a_mocap_prepare_mistake_is_one_line_before_any_synthesis(tmp_path, mistake):
+    """The real CLI in its own process (in-process, pytest's handlers keep the log lines off stderr)."""
+    root, out = mocap_root(tmp_path), tmp_path / "store"
+    if mistake == "camera res_w 0":
+        path = root / "cameras_cmu_mocap17.json"
+        doc = json.loads(path.read_text())
+        doc["intrinsics"][0]["res_w"] = 0
+        path.write_text(json.dumps(doc))
+    elif mistake == "2D file a pickle":
+        path = root / "data_2d_cmu_mocap17_gt.npz"
+        path.write_bytes(pickle.dumps({"positions_2d": {}}))
+    else:
+        path = out = Path("/proc/diffpose-store")
+    proc = subprocess.run([sys.executable, "-m", "benchmark", "prepare", "--dataset", "mocap17", "--root",
+                           str(root), "--out", str(out)], capture_output=True, text=True, timeout=120)
+    one_line(proc.returncode, proc.stderr.strip(), str(path))
+    assert "synthesising" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "store").exists()
 
 
 # ---- 5. accepted, then broken later -----------------------------------------------------------------------

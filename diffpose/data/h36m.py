@@ -366,19 +366,11 @@ def read_h36m_format(
     """
     if path_2d is None and path_gmm is None:
         raise ValueError("read_h36m_format needs a 2D file, a GMM file or both")
-    # 1. Read and check every file.
+    # 1. Read and check every file; 2. the subjects to read (read_subjects).
     path_3d = Path(path_3d)
-    poses_3d = read_poses_3d(path_3d)
     sources = _Sources(Path(path_2d) if path_2d is not None else None,
                        Path(path_gmm) if path_gmm is not None else None)
-    # 2. The subjects to read: in the 3D file, with cameras, each in exactly one split.
-    chosen = list(poses_3d) if subjects is None else list(subjects)
-    for subject in chosen:
-        if subject not in poses_3d:
-            raise DataError(path_3d, f"subject {subject} is not in the file (it has {sorted(poses_3d)})")
-        if not cameras.get(subject):
-            raise DataError(path_3d, f"subject {subject}: no cameras (cameras known for {sorted(cameras)})")
-    _check_splits(Path(split_source) if split_source is not None else path_3d, splits, chosen)
+    poses_3d, chosen = read_subjects(path_3d, cameras, splits, subjects, split_source)
     # 3. One clip per (subject, action, camera): the 2D of each camera, the 3D in each camera's frame.
     clips: list[Clip] = []
     for subject in chosen:
@@ -403,6 +395,22 @@ def read_h36m_format(
         files=(str(path_3d), *sources.files), notes=sources.notes(sigma_px),
     )
     return info, clips
+
+
+def read_subjects(path_3d: Path, cameras: Mapping[str, Sequence[CameraParams]], splits: Mapping[str, Sequence[str]],
+                  subjects: Sequence[str] | None = None, split_source: str | Path | None = None
+                  ) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
+    """The 3D file's poses and the subjects to read (default: all of the file's): each in the file, with
+    cameras, and in exactly one of ``splits`` (defined by ``split_source``, default the 3D file)."""
+    poses_3d = read_poses_3d(path_3d)
+    chosen = list(poses_3d) if subjects is None else list(subjects)
+    for subject in chosen:
+        if subject not in poses_3d:
+            raise DataError(path_3d, f"subject {subject} is not in the file (it has {sorted(poses_3d)})")
+        if not cameras.get(subject):
+            raise DataError(path_3d, f"subject {subject}: no cameras (cameras known for {sorted(cameras)})")
+    _check_splits(Path(split_source) if split_source is not None else path_3d, splits, chosen)
+    return poses_3d, chosen
 
 
 class _Sources:

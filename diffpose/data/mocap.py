@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from diffpose.data.h36m import DEFAULT_SIGMA_PX, read_cameras, read_h36m_format
+from diffpose.data.h36m import DEFAULT_SIGMA_PX, read_cameras, read_h36m_format, read_poses_2d, read_subjects
 from diffpose.data.source import Clip, DataError, SourceInfo
 
 PREFIX = "cmu_mocap17"
@@ -33,6 +33,20 @@ def _meta(path: Path) -> tuple[dict[str, tuple[str, ...]], float]:
     if not isinstance(fps, int | float) or fps <= 0:
         raise DataError(path, f"'fps' must be a positive number, got {fps!r}")
     return {k: tuple(str(s) for s in v) for k, v in split.items()}, float(fps)
+
+
+def check_mocap17(root: str | Path, detector: str = "gt") -> None:
+    """Check the files every reading of ``root`` needs (cameras, split, 3D poses, the ``detector``'s 2D file),
+    in about half a second: before the detections are synthesised from the ground truth, not after."""
+    root = Path(root)
+    meta_path = root / f"meta_{PREFIX}.json"
+    splits, _fps = _meta(meta_path)
+    read_subjects(root / f"data_3d_{PREFIX}.npz", read_cameras(root / f"cameras_{PREFIX}.json"), splits,
+                  split_source=meta_path)
+    path_2d = root / f"data_2d_{PREFIX}_{detector}.npz"
+    if not path_2d.is_file():
+        raise DataError(path_2d, "file not found")
+    read_poses_2d(path_2d)
 
 
 def _find(name: str, dirs: Sequence[Path]) -> Path | None:

@@ -70,13 +70,14 @@ def prepare(
     those files are kept in the store's ``sources/``. Returns the store's meta."""
     from diffpose.data.detections import SynthConfig, synthesize_files
     from diffpose.data.h36m import read_h36m
-    from diffpose.data.mocap import read_mocap17
+    from diffpose.data.mocap import check_mocap17, read_mocap17
     from diffpose.data.mpi3dhp import read_mpi3dhp
 
     root = Path(root)
     if not root.is_dir():
         raise DataError(root, "no such directory")
     check_replaceable(Path(out))
+    check_writable(Path(out))
     if dataset == "h36m":
         info, clips = read_h36m(root, detector=detector or "cpn_ft_h36m_dbb")
     elif dataset == "mpi3dhp":
@@ -86,6 +87,7 @@ def prepare(
         if detector != "synth":
             info, clips = read_mocap17(root, detector=detector)
         else:
+            check_mocap17(root)  # the user's files first: a mistake is one line, not one after the synthesis
             with tempfile.TemporaryDirectory() as tmp:
                 synth = SynthConfig(seed=seed)
                 log.info("synthesising detections with GMMs (seed %d)", seed)
@@ -205,6 +207,20 @@ def check_replaceable(out: Path) -> None:
                              "files); refusing to replace it: choose another --out")
 
 
+def check_writable(out: Path) -> None:
+    """Raise :class:`DataError` unless a store can be written at ``out``: probed with an empty directory made and
+    removed in its nearest existing ancestor, before any reading or synthesis."""
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        if not parent.is_dir():
+            raise NotADirectoryError(f"{parent} is not a directory")
+        Path(tempfile.mkdtemp(prefix=".diffpose-write-probe.", dir=parent)).rmdir()
+    except OSError as e:
+        raise DataError(out, f"cannot write the store here: {e.strerror or e}") from None
+
+
 def _swap_into_place(tmp: Path, out: Path) -> None:
     """Put the finished store ``tmp`` at ``out``. An old store there is renamed aside first and deleted only
     once the new one is in place (restored if that fails), so ``out`` never holds a half-written store."""
@@ -313,8 +329,10 @@ def store_meta(path: str | Path) -> dict:
         meta = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise DataError(meta_path, f"unreadable ({e}); prepare the store again") from e
-    if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
-        version = meta.get("schema_version") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict):
+        raise DataError(meta_path, f"not a JSON object (a {type(meta).__name__}); prepare the store again")
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        version = meta.get("schema_version")
         raise DataError(meta_path, f"schema version {version} != {SCHEMA_VERSION}; prepare the store again")
     missing = [k for k in _META_KEYS if k not in meta]
     if missing:
