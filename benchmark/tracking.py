@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +72,41 @@ def close_stale_suite_runs(client: MlflowClient, experiment_id: str) -> int:
     return len(runs)
 
 
-def finished_trials(client: MlflowClient, experiment_id: str) -> dict[str, str]:
-    """trial.id -> run id of every FINISHED trial (or encoder) run of the experiment."""
-    runs = client.search_runs([experiment_id], filter_string="attributes.status = 'FINISHED'",
-                              max_results=50_000)
-    return {r.data.tags["trial.id"]: r.info.run_id for r in runs
-            if r.data.tags.get(ROLE) in ("trial", "encoder") and "trial.id" in r.data.tags}
+def finished_trials(client: MlflowClient, experiment_id: str, trial_ids: Iterable[str] | None = None, *,
+                    page_size: int = 1000) -> dict[str, str]:
+    """trial.id -> run id of every FINISHED trial (or encoder) run of the experiment, page by page."""
+    wanted = set(trial_ids) if trial_ids is not None else None
+    out: dict[str, str] = {}
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string="attributes.status = 'FINISHED'",
+                                  max_results=page_size, page_token=token)
+        for r in page:
+            tid = r.data.tags.get("trial.id")
+            if tid is not None and r.data.tags.get(ROLE) in ("trial", "encoder") and (wanted is None or tid in wanted):
+                out.setdefault(tid, r.info.run_id)
+        token = page.token
+        if not token:
+            return out
+
+
+def trial_tags(trial: Trial, parent_run_id: str, tags: dict[str, str]) -> dict[str, str]:
+    """The tags a trial's run is created with: its role, its ``trial.id``, its parent run and ``tags``."""
+    return {ROLE: "trial" if trial.stage == "trial" else "encoder", "trial.id": trial.id,
+            "mlflow.parentRunId": parent_run_id, **tags}
+
+
+def trial_params(trial: Trial, extra: dict[str, Any] | None = None) -> list[Param]:
+    """The params of a trial's run: the flattened config, the trial's place in the suite and ``extra``."""
+    return [Param(k, str(v)) for k, v in {**trial.params(), **(extra or {})}.items()]
+
+
+def epoch_metrics(record: dict[str, float], timestamp: int) -> list[Metric]:
+    """One epoch's record (``diffpose.train.fit``'s ``on_epoch``) as metrics at step = epoch."""
+    # "train_seconds" is also a final metric (the whole training); an epoch's own is named apart.
+    names = {"train_seconds": "epoch_train_seconds"}
+    epoch = int(record["epoch"])
+    return [Metric(names.get(k, k), float(v), timestamp, epoch) for k, v in record.items() if k != "epoch"]
 
 
 class TrialRun:
@@ -95,13 +125,12 @@ class TrialRun:
             if not self.finished:
                 self.client.update_run(self.run_id, status="RUNNING")
         else:
-            run = self.client.create_run(experiment_id, run_name=trial.name, tags={
-                ROLE: "trial" if trial.stage == "trial" else "encoder", "trial.id": trial.id,
-                "mlflow.parentRunId": parent_run_id, **tags})
+            run = self.client.create_run(experiment_id, run_name=trial.name,
+                                         tags=trial_tags(trial, parent_run_id, tags))
             self.run_id = run.info.run_id
             self.finished = False
             self.metrics = {}
-            params = [Param(k, str(v)) for k, v in {**trial.params(), **(extra_params or {})}.items()]
+            params = trial_params(trial, extra_params)
             for i in range(0, len(params), 100):
                 self.client.log_batch(self.run_id, params=params[i:i + 100])
         self.logged_epochs = self._logged_epochs()
@@ -118,11 +147,7 @@ class TrialRun:
         epoch = int(record["epoch"])
         if epoch <= self.logged_epochs:
             return
-        now = _now_ms()
-        # "train_seconds" is also a final metric (the whole training); an epoch's own is named apart.
-        names = {"train_seconds": "epoch_train_seconds"}
-        self.client.log_batch(self.run_id, metrics=[
-            Metric(names.get(k, k), float(v), now, epoch) for k, v in record.items() if k != "epoch"])
+        self.client.log_batch(self.run_id, metrics=epoch_metrics(record, _now_ms()))
         self.logged_epochs = epoch
 
     def log_final(self, metrics: dict[str, float], artifacts: list[Path]) -> None:
@@ -153,7 +178,7 @@ TEST_METRICS = ("p1", "p2", "p1_frames", "p2_frames", "pck", "auc", "mpjpe", "j_
 
 def training_metrics(result: FitResult, metric: str) -> dict[str, float]:
     """What a trial's training logs: its cost, its epochs, whether it converged (1/0, by
-    ``diffpose.train.converged``) and its selection metric's best validation value under that metric's name."""
+    ``diffpose.convergence``) and its selection metric's best validation value under that metric's name."""
     return {"train_seconds": result.seconds, "best_epoch": float(result.best_epoch),
             "epochs_trained": float(result.epochs), "converged": float(result.converged),
             f"best_{metric}": result.best_metric}
