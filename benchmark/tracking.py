@@ -113,10 +113,13 @@ class TrialRun:
     """The MLflow run of one trial: found by its ``trial.id`` tag or created under the suite's parent run."""
 
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str, trial: Trial, tags: dict[str, str],
-                 extra_params: dict[str, Any] | None = None):
+                 extra_params: dict[str, Any] | None = None, *, run_id: str | None = None):
         self.client = MlflowClient(uri)
-        found = self.client.search_runs([experiment_id], filter_string=f"tags.`trial.id` = '{trial.id}'",
-                                        max_results=10)
+        if run_id is not None:  # the run its driver opened for this trial
+            found = [self.client.get_run(run_id)]
+        else:
+            found = self.client.search_runs([experiment_id], filter_string=f"tags.`trial.id` = '{trial.id}'",
+                                            max_results=10)
         if found:
             run = sorted(found, key=lambda r: r.info.start_time)[0]
             self.run_id = run.info.run_id

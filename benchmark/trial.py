@@ -43,16 +43,18 @@ def device_tags(cfg_device: str) -> dict[str, str]:
     return tags
 
 
-def open_run(trial: Trial, context: dict[str, Any], tags: dict[str, str] | None = None) -> TrialRun:
-    """The trial's MLflow run: found again by its ``trial.id``, else created under the driver's parent run.
-    ``context``: tracking URI, experiment and parent run ids, git commit (:meth:`benchmark.runner.Setup.context`).
-    An unfinished run is tagged with the commit, the store's content, where it runs now and ``tags``."""
+def open_run(trial: Trial, context: dict[str, Any], tags: dict[str, str] | None = None, *,
+             run_id: str | None = None) -> TrialRun:
+    """The trial's MLflow run: ``run_id`` (opened by the trial's driver), else found again by its ``trial.id``,
+    else created under the driver's parent run. ``context``: tracking URI, experiment and parent run ids, git
+    commit (:meth:`benchmark.runner.Setup.context`). An unfinished run is tagged with the commit, the store's
+    content, where it runs now and ``tags``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     meta = store_meta(trial.config.data.store)
     tags = {"git.commit": context["git_commit"], "data.fingerprint": meta["fingerprint"],
             **device_tags(trial.config.train.device), **(tags or {})}
     run = TrialRun(context["tracking_uri"], context["experiment_id"], context["parent_run_id"], trial, tags,
-                   extra_params={"trial.detector": meta["detector"]})
+                   extra_params={"trial.detector": meta["detector"]}, run_id=run_id)
     if not run.finished:
         run.set_tags(tags)  # a retry may land on another node or device
     return run

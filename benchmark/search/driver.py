@@ -130,13 +130,21 @@ class Objective:
 def on_ray(search: Search, context: dict[str, str], res: dict[str, float]) -> Execute:
     """Each trial's training as a Ray task with ``res`` (``{"cpu": ..., "gpu": ...}``), retried ``max_failures``
     times (it resumes from its last epoch checkpoint); each epoch is yielded once. Closing the generator (a pruned
-    trial) kills the task."""
+    trial) kills the task.
+
+    The trial's MLflow run is opened here, in the trial's own thread of the driver, before any task: one run per
+    trial however many attempts train it (an attempt given up may still be starting when the next one does)."""
     task = train_remote.options(num_cpus=res["cpu"], num_gpus=res.get("gpu", 0), max_retries=0)
+    fingerprint = store_meta(search.dataset.store)["fingerprint"]
 
     def execute(number: int, params: dict[str, Any]) -> Generator[dict[str, float], None, None]:
+        tags = {"search.name": search.name, "optuna.study": search.study, TRIAL_TAG: str(number)}
+        run = open_run(search.trial(params, fingerprint), context, tags)  # the worker tags where it trains
+        if run.finished:
+            run.set_tags(tags)  # the same config, trained by an earlier trial: its run belongs to this trial now
         last = 0
         for attempt in range(search.max_failures + 1):
-            refs = task.remote(search, context, number, params)
+            refs = task.remote(search, context, number, params, run.run_id)
             try:
                 for ref in refs:
                     record = ray.get(ref)
@@ -156,14 +164,14 @@ def on_ray(search: Search, context: dict[str, str], res: dict[str, float]) -> Ex
 
 
 @ray.remote
-def train_remote(search: Search, context: dict[str, str], number: int,
-                 params: dict[str, Any]) -> Iterator[dict[str, float]]:
+def train_remote(search: Search, context: dict[str, str], number: int, params: dict[str, Any],
+                 run_id: str) -> Iterator[dict[str, float]]:
     """A Ray generator task: :func:`train_values` in a thread of the worker, its epochs yielded as they come."""
     records: queue.Queue = queue.Queue()
 
     def work() -> None:
         try:
-            train_values(search, context, number, params, records.put)
+            train_values(search, context, number, params, run_id, records.put)
             records.put(None)
         except BaseException as e:  # noqa: BLE001 - raised again in the task, for the driver to see
             records.put(e)
@@ -175,16 +183,13 @@ def train_remote(search: Search, context: dict[str, str], number: int,
         yield item
 
 
-def train_values(search: Search, context: dict[str, str], number: int, params: dict[str, Any],
+def train_values(search: Search, context: dict[str, str], number: int, params: dict[str, Any], run_id: str,
                  emit: Callable[[dict[str, float]], None]) -> None:
     """Train the config of trial ``number``'s sampled ``params`` (a worker of :mod:`benchmark.trial`): every epoch
-    logged to the trial's MLflow run and passed to ``emit``, then the final metrics and the config; the test split
-    is never evaluated. ``context``: :meth:`benchmark.runner.Setup.context`."""
+    logged to the trial's MLflow run ``run_id`` and passed to ``emit``, then the final metrics and the config; the
+    test split is never evaluated. ``context``: :meth:`benchmark.runner.Setup.context`."""
     trial = search.trial(params, store_meta(search.dataset.store)["fingerprint"])
-    tags = {"search.name": search.name, "optuna.study": search.study, TRIAL_TAG: str(number)}
-    run = open_run(trial, context, tags)
-    if run.finished:
-        run.set_tags(tags)  # the same config, trained by an earlier trial: its run belongs to this trial now
+    run = open_run(trial, context, {TRIAL_TAG: str(number)}, run_id=run_id)
     result = train_logged(trial, run, Path(context["cache"]), emit)
     if run.finished:
         return
@@ -202,18 +207,20 @@ def train_values(search: Search, context: dict[str, str], number: int, params: d
 def end_runs(client: MlflowClient, experiment_id: str, study: optuna.Study) -> None:
     """Tell the MLflow runs of the study's ended trials (tags ``optuna.study``, ``optuna.trial``) how they ended:
     tag ``search.state``; a pruned trial's run KILLED (its task was killed), a failed one's FAILED (a stale
-    trial's worker died with its driver). A complete trial's worker ends its own run."""
+    trial's worker died with its driver), whatever the run's status was: a worker may end its training just
+    before its driver stops the trial, or dies. A complete trial's worker ends its own run."""
     ended = {t.number: t for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     try:
         runs = client.search_runs([experiment_id], filter_string=f"tags.`optuna.study` = '{study.study_name}'",
                                   max_results=10_000)
         for r in runs:
             t = ended.get(int(r.data.tags.get(TRIAL_TAG, -1)))
-            if t is None or r.data.tags.get("search.state") == t.state.name.lower():
+            if t is None:
                 continue
-            client.set_tag(r.info.run_id, "search.state", t.state.name.lower())
+            if r.data.tags.get("search.state") != t.state.name.lower():
+                client.set_tag(r.info.run_id, "search.state", t.state.name.lower())
             status = {"PRUNED": "KILLED", "FAIL": "FAILED"}.get(t.state.name)
-            if r.info.status == "RUNNING" and status is not None:
+            if status is not None and r.info.status != status:
                 client.set_terminated(r.info.run_id, status=status)
     except Exception as e:  # noqa: BLE001 - a tracking hiccup must not stop the search
         log.warning("could not update the trials' MLflow runs (%s)", e)
