@@ -382,13 +382,30 @@ def test_pruners_stop_a_worse_trial_but_never_the_default_nor_at_the_last_epoch(
     assert trials[3].value == 10.1 and trials[4].value == 99.0
 
 
+def test_concurrent_threads_on_sqlite_train_each_trial_once_and_the_default_first(fake_store, tmp_path):
+    """Optuna's queue of waiting trials handed the enqueued default to two threads on SQLite (optuna#4002: in CI,
+    trial 0 trained twice and the second tell crashed the driver); the sampler proposes it now."""
+    for attempt in range(3):
+        text = _search_text(fake_store, f'trials = 6\nconcurrency = 4\nname = "c{attempt}"')
+        search = load_search(_write(tmp_path, text, f"search_c{attempt}.toml"), results_dir=tmp_path)
+        study = open_study(search, open_storage(search), "fp")
+        ran: list[int] = []
+        Objective(search, _scripted({n: [50.0 - n, 40.0 - n] for n in range(12)}, ran)).optimize(study,
+                                                                                                 concurrency=4)
+        assert sorted(ran) == sorted(set(ran)) and len(ran) >= 6
+        trials = study.get_trials()
+        assert [t.number for t in trials if t.user_attrs.get("default")] == [0]
+        assert trials[0].params == search.defaults() and trials[0].state == TrialState.COMPLETE
+        assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 6   # the budget
+
+
 def test_a_driver_past_its_time_budget_starts_nothing(fake_store, tmp_path):
     search = load_search(_write(tmp_path, _search_text(fake_store)), results_dir=tmp_path)
     study = open_study(search, open_storage(search), "fp")
     ran: list[int] = []
     late = Objective(search, _scripted({}, ran), deadline=time.time() - 1)
     late.optimize(study, concurrency=2)
-    assert late.started == [] and ran == [] and [t.state for t in study.get_trials()] == [TrialState.WAITING]
+    assert late.started == [] and ran == [] and [t.state for t in study.get_trials()] == []
 
 
 def test_a_study_of_another_search_is_refused(fake_store, tmp_path):
@@ -794,4 +811,4 @@ def test_two_drivers_share_one_study_on_postgresql_without_double_counting(postg
     assert len({json.dumps(t.params, sort_keys=True) for t in complete}) == 12   # no point run twice
     assert sum(len(json.loads(o.split("ran ", 1)[1].splitlines()[0])) for o in outs) == 12
     defaults = [t for t in trials if t.user_attrs.get("default")]
-    assert len(defaults) == 1 and defaults[0].state == TrialState.COMPLETE  # enqueued once, by the creator
+    assert len(defaults) == 1 and defaults[0].state == TrialState.COMPLETE  # trial 0 only

@@ -74,6 +74,8 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         s = self.search
+        if trial.number == 0 and s.start_from_default:
+            trial.set_user_attr("default", True)  # the sampler proposes the default config as trial 0
         params = {d.key: d.suggest(trial) for d in s.space}
         while (slot := admission(trial.study, trial.number, s.trials)) is None and time.time() < self.deadline:
             time.sleep(0.5)

@@ -107,7 +107,7 @@ class Dimension:
                                  step=None if self.step is None else float(self.step))
 
     def suggest(self, trial: optuna.Trial) -> Any:
-        """The trial's value of this key: sampled, or the one enqueued for it (the default config)."""
+        """The trial's value of this key: sampled (the default config's for trial 0), or the one enqueued for it."""
         d = self.distribution()
         if isinstance(d, CategoricalDistribution):
             return trial.suggest_categorical(self.key, d.choices)

@@ -26,10 +26,13 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # what the budget counts
 class TrialSeededSampler(optuna.samplers.BaseSampler):
     """TPE seeded from (seed, trial number) for each trial: a trial's proposal depends on the seed, its number and
     the trials the study holds, not on which driver asked for it, so drivers sharing a study propose different
-    points and a resumed search samples as it would have. Each trial gets a ``TPESampler`` of its own."""
+    points and a resumed search samples as it would have. Each trial gets a ``TPESampler`` of its own.
 
-    def __init__(self, *, seed: int, n_startup_trials: int):
-        self.seed, self.n_startup_trials = seed, n_startup_trials
+    ``first``: the values of trial 0 (the default config). Proposed by the sampler, not enqueued: Optuna's queue
+    of waiting trials hands one trial to two threads on SQLite (optuna/optuna#4002), which trained it twice."""
+
+    def __init__(self, *, seed: int, n_startup_trials: int, first: dict[str, Any] | None = None):
+        self.seed, self.n_startup_trials, self.first = seed, n_startup_trials, first
         self.per_trial: dict[int, optuna.samplers.TPESampler] = {}
 
     def of(self, trial: FrozenTrial) -> optuna.samplers.TPESampler:
@@ -43,10 +46,14 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
         return self.of(trial).infer_relative_search_space(study, trial)
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict:
+        if self.first is not None and trial.number == 0:
+            return {}
         return self.of(trial).sample_relative(study, trial, search_space)
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: optuna.distributions.BaseDistribution) -> Any:
+        if self.first is not None and trial.number == 0:
+            return self.first[param_name]
         return self.of(trial).sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -93,12 +100,14 @@ def open_storage(search: Search) -> optuna.storages.RDBStorage:
 
 def open_study(search: Search, storage: optuna.storages.RDBStorage, fingerprint: str) -> optuna.Study:
     """Create or load the study with the search's sampler and pruner; a study made by a different search is an
-    error. The driver that creates the study (the database makes that one driver) enqueues the default config as
-    its trial 0. Trials left RUNNING by a driver that stopped sending heartbeats are failed."""
+    error. With ``start_from_default``, the study's trial 0 (whichever driver asks for it) is the default config
+    (:class:`TrialSeededSampler`'s ``first``). Trials left RUNNING by a driver that stopped sending heartbeats are
+    failed."""
     signature = search.signature(fingerprint)
+    first = search.defaults() if search.start_from_default else None
     kwargs: dict[str, Any] = {"storage": storage, "study_name": search.study, "pruner": pruner(search),
                               "sampler": TrialSeededSampler(seed=search.sampler_seed,
-                                                            n_startup_trials=search.random_trials)}
+                                                            n_startup_trials=search.random_trials, first=first)}
     try:
         study = optuna.create_study(direction="minimize", **kwargs)
     except optuna.exceptions.DuplicatedStudyError:
@@ -107,8 +116,6 @@ def open_study(search: Search, storage: optuna.storages.RDBStorage, fingerprint:
         for key, value in (("signature", signature), ("name", search.name), ("metric", search.metric),
                            ("space", [d.to_dict() for d in search.space])):
             study.set_user_attr(f"search.{key}", value)
-        if search.start_from_default:
-            study.enqueue_trial(search.defaults(), user_attrs={"default": True})
     found = study.user_attrs.get("search.signature")
     if found is not None and found != signature:
         raise SearchError(f"{search.file}: search.study: the study {search.study!r} in "
