@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from reports import figures as figs
@@ -150,16 +149,18 @@ def _clean(directory: Path, patterns: tuple[str, ...]) -> None:
             path.unlink()
 
 
-def _spread_series(runs: pd.DataFrame, find: ArtifactFinder, warn: list[str]
-                   ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-joint (error, spread) in mm per multi-hypothesis run: one series per variant and seed (seeds are not
-    pooled: one seed's hypotheses may spread ten times wider than another's, which pooled bins would hide)."""
+def _spread_series(runs: pd.DataFrame, find: ArtifactFinder, warn: list[str]) -> dict[str, figs.SpreadCurve]:
+    """Per multi-hypothesis run, its per-joint error against spread (mm) binned on its own: one series per
+    variant and seed, averaged into one line per variant by the figure (seeds are not pooled: one seed's
+    hypotheses may spread ten times wider than another's, which pooled bins would hide). A run's poses are
+    read one run at a time and only its bins kept, so memory does not grow with the test split times the
+    seeds."""
     n = column(runs, param("sample.hypotheses")).fillna(1).astype(int)
     multi = runs[n > 1]
     if multi.empty:
         warn.append("no multi-hypothesis (N > 1) runs: no spread-vs-error figure")
         return {}
-    series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    series: dict[str, figs.SpreadCurve] = {}
     unreadable = 0
     datasets = column(multi, param("trial.dataset")).astype(str)
     for ds in sorted(datasets.unique()):
@@ -170,14 +171,14 @@ def _spread_series(runs: pd.DataFrame, find: ArtifactFinder, warn: list[str]
                 if path is None:
                     unreadable += 1
                     continue
+                key = label if datasets.nunique() == 1 else f"{label}, {ds}"
                 try:
-                    pair = figs.spread_and_error(path)
+                    curve = figs.spread_curve(*figs.spread_and_error(path), method=key)
                 except (KeyError, ValueError, OSError) as e:
                     log.warning("run %s: %s", run["run_id"], e)
                     unreadable += 1
                     continue
-                key = label if datasets.nunique() == 1 else f"{label}, {ds}"
-                series[key if len(part) == 1 else f"{key}, seed {seed}"] = pair
+                series[key if len(part) == 1 else f"{key}, seed {seed}"] = curve
     if unreadable:
         warn.append(f"{unreadable} multi-hypothesis run{'s' if unreadable > 1 else ''} without a readable "
                     "predictions.npz holding a spread")

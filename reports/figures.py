@@ -3,8 +3,9 @@
 - P1 against the diffusion steps K (mean and 95 % CI over seeds),
 - P1 per action, grouped bars per method (mean +- sd over seeds),
 - accuracy against inference speed (poses/s, log scale),
-- per-joint error against per-joint hypothesis spread (the paper's reliability claim, measured),
-- learning curves: validation P1 per epoch of every training, converged or not,
+- per-joint error against per-joint hypothesis spread (the paper's reliability claim, measured; mean over
+  seeds),
+- learning curves: validation P1 per epoch of every training (beyond a few seeds, their mean and a band),
 - calibration curves of the hypotheses: the fraction of targets inside the q-spheres against q.
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -41,6 +43,9 @@ from reports.tables.runs import (
 log = logging.getLogger(__name__)
 
 P1_LABEL = "P1 MPJPE (mm)"
+MAX_METHODS = 10          # lines a figure tells apart (tab10); a longer legend is not read
+SPREAD_BINS = 20          # equal-count bins of a run's per-joint spread
+EACH_TRAINING_UP_TO = 5   # learning curves: a variant with more trainings draws their mean and a band
 
 
 @dataclass
@@ -227,44 +232,78 @@ def spread_and_error(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return error[:, 1:].reshape(-1), spread[:, 1:].reshape(-1) * 1000.0
 
 
-def spread_figure(series: dict[str, tuple[np.ndarray, np.ndarray]], bins: int = 20) -> Plot | None:
-    """Mean per-joint error in equal-count bins of per-joint spread, one line per series (a run), Pearson r
-    each."""
-    if not series:
+class SpreadCurve(NamedTuple):
+    """One run's per-joint error against its per-joint spread (mm) in equal-count bins of its own spread."""
+
+    error: np.ndarray    # (B,) mean error of the bin
+    spread: np.ndarray   # (B,) mean spread of the bin
+    sem: np.ndarray      # (B,) standard error of the bin's mean error
+    r: float             # Pearson r over all joints and poses of the run
+    method: str          # the line it is averaged into (one per method and dataset)
+
+
+def spread_curve(error: np.ndarray, spread: np.ndarray, method: str, bins: int = SPREAD_BINS) -> SpreadCurve:
+    """``bins`` equal-count bins of ``spread`` (by rank, so every run has the same bins whatever its scale),
+    the mean error and spread of each and the standard error of that mean."""
+    order = np.argsort(spread, kind="stable")
+    e, s = error[order].astype(np.float64), spread[order].astype(np.float64)
+    starts = np.linspace(0, len(e), min(bins, len(e)) + 1).astype(int)[:-1]
+    count = np.diff(np.append(starts, len(e)))
+    mean = np.add.reduceat(e, starts) / count
+    sq = np.add.reduceat(e * e, starts) / count
+    r = float(np.corrcoef(s, e)[0, 1]) if len(e) > 2 else float("nan")
+    return SpreadCurve(mean, np.add.reduceat(s, starts) / count, np.sqrt(np.maximum(sq - mean ** 2, 0.0) / count),
+                       r, method)
+
+
+def spread_figure(series: dict[str, SpreadCurve]) -> Plot | None:
+    """Mean per-joint error against mean spread per bin, one line per method: the mean over its seeds (each
+    binned on its own, never pooled) with a 95 % Student-t band over seeds (one seed: over the bin's joints);
+    at most :data:`MAX_METHODS` methods, the first in the report's order."""
+    methods: dict[str, list[SpreadCurve]] = {}
+    for curve in series.values():
+        methods.setdefault(curve.method, []).append(curve)
+    if not methods:
         return None
+    shown = list(methods)[:MAX_METHODS]
     rs = {}
     with style():
         fig, (ax,) = figure(6.4, 4.2)
-        palette = sns.color_palette("tab10", len(series))
-        for color, (label, (error, spread)) in zip(palette, series.items(), strict=True):
-            r = float(np.corrcoef(spread, error)[0, 1]) if len(error) > 2 else float("nan")
-            rs[label] = r
-            edges = np.unique(np.quantile(spread, np.linspace(0.0, 1.0, bins + 1)))
-            which = np.clip(np.searchsorted(edges, spread, side="right") - 1, 0, len(edges) - 2)
-            count = np.bincount(which, minlength=len(edges) - 1)
-            keep = count > 0
-            x = np.bincount(which, weights=spread, minlength=len(edges) - 1)[keep] / count[keep]
-            y = np.bincount(which, weights=error, minlength=len(edges) - 1)[keep] / count[keep]
-            sq = np.bincount(which, weights=error ** 2, minlength=len(edges) - 1)[keep] / count[keep]
-            sem = np.sqrt(np.maximum(sq - y ** 2, 0.0) / count[keep])
-            ax.errorbar(x, y, yerr=1.96 * sem, fmt="o-", color=color, markersize=4, capsize=2, linewidth=1.2,
-                        label=f"{label}, r = {r:.2f}")
+        for colour, name in zip(sns.color_palette("tab10", len(shown)), shown, strict=True):
+            group = methods[name]
+            bins = max(len(c.error) for c in group)
+            group = [c for c in group if len(c.error) == bins]                # runs with fewer poses than bins
+            error = np.stack([c.error for c in group])                         # (S, B) mm
+            x, y = np.stack([c.spread for c in group]).mean(axis=0), error.mean(axis=0)
+            if len(group) > 1:
+                half = stats.t.ppf(0.975, len(group) - 1) * error.std(axis=0, ddof=1) / np.sqrt(len(group))
+            else:
+                half = 1.96 * group[0].sem
+            rs[name] = float(np.nanmean([c.r for c in group]))
+            seeds = f", {len(group)} seeds" if len(group) > 1 else ""
+            ax.plot(x, y, "o-", color=colour, markersize=3, linewidth=1.3, label=f"{name}, r = {rs[name]:.2f}{seeds}")
+            ax.fill_between(x, y - half, y + half, color=colour, alpha=0.2, linewidth=0)
         ax.set_xlabel("per-joint hypothesis spread (mm)")
         ax.set_ylabel("mean per-joint error (mm)")
         title = "Per-joint error against hypothesis spread"
         if len(rs) == 1:
             title += f" (Pearson r = {next(iter(rs.values())):.2f})"
+        if len(shown) < len(methods):
+            title += f"\n(the first {len(shown)} of {len(methods)} methods)"
         ax.set_title(title)
-        ax.legend(loc="upper left", frameon=False)
-    return Plot("spread_vs_error", f"Per-joint error against per-joint hypothesis spread ({bins} equal-count "
-                "bins of spread, mean and 95% CI of the error per bin; root joint excluded). Pearson r over "
-                "all joints and test poses.", fig)
+        ax.legend(loc="upper left", frameon=False, fontsize="small")
+    left_out = f" The first {len(shown)} of {len(methods)} methods are drawn." if len(shown) < len(methods) else ""
+    return Plot("spread_vs_error", f"Per-joint error against per-joint hypothesis spread ({SPREAD_BINS} "
+                "equal-count bins of each run's spread; root joint excluded): per method, the mean over seeds "
+                "of each bin's mean error and spread, band: 95% confidence interval of that mean over seeds "
+                "(one seed: over the bin's joints). Pearson r over all joints and test poses of a run, mean "
+                f"over seeds.{left_out}", fig)
 
 
 def learning_curves_figure(runs: pd.DataFrame) -> Plot | None:
-    """Validation P1 per epoch, one line per training (runs that share one, like the K and N values of full's
-    weights, draw it once), one panel per dataset; colour by variant, a dashed line for a training short of
-    convergence."""
+    """Validation P1 per epoch, one panel per dataset, colour by variant: one line per training (runs that share
+    one, like the K and N values of full's weights, draw it once; dashed: short of convergence) while a variant
+    has at most :data:`EACH_TRAINING_UP_TO`, else the mean of its trainings per epoch with a band."""
     curves = column(runs, CURVE)
     have = runs[curves.map(lambda c: c is not None and len(c) > 0)]
     if have.empty:
@@ -274,30 +313,55 @@ def learning_curves_figure(runs: pd.DataFrame) -> Plot | None:
     datasets = column(have, param("trial.dataset")).astype(str)
     order = dataset_order(datasets.unique())
     with style():
-        fig, axes = figure(max(6.5, 5.2 * len(order)), 4.2, ncols=len(order))
+        fig, axes = figure(max(8.5, 7.6 * len(order)), 4.2, ncols=len(order))     # legends to the right
         for ax, ds in zip(axes, order, strict=True):
             sub = have[datasets == ds]
             labels = variant_rows(sub, [], "curves")
-            palette = sns.color_palette("tab10", n_colors=max(len(labels), 1))
+            palette = sns.color_palette("tab10" if len(labels) <= 10 else "husl", n_colors=max(len(labels), 1))
+            averaged = []
             for colour, (label, part) in zip(palette, labels, strict=False):
                 done = converged_runs(part)
-                for (_, run), ok in zip(part.iterrows(), done, strict=True):
-                    values = np.asarray(run[CURVE], dtype=float)
+                if len(part) > EACH_TRAINING_UP_TO:
+                    averaged.append(len(part))
+                    _mean_curve(ax, list(part[CURVE]), int((~done).sum()), colour, label)
+                    continue
+                for values, ok in zip(part[CURVE], done, strict=True):
+                    values = np.asarray(values, dtype=float)
                     ax.plot(np.arange(1, len(values) + 1), values, color=colour, lw=1.2,
                             ls="-" if ok else "--", label=label)
             handles, names = ax.get_legend_handles_labels()
             unique = dict(zip(names, handles, strict=True))        # one entry per variant, not per seed
-            ax.legend(unique.values(), unique.keys(), fontsize="small", ncols=2 if len(unique) > 6 else 1)
+            ax.legend(unique.values(), unique.keys(), fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                      frameon=False)
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(ScalarFormatter())
             ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.0f}"))
-            ax.set_title(_dataset_label(ds))
+            title = _dataset_label(ds)
+            if averaged:
+                low, high = min(averaged), max(averaged)
+                title += f": mean of {low if low == high else f'{low}-{high}'} trainings per variant"
+            ax.set_title(title)
             ax.set_xlabel("epoch")
             ax.set_ylabel("validation P1 (mm)")
-        fig.suptitle("Learning curves: validation P1 per epoch (dashed: not converged)")
-    return Plot("learning_curves", "Validation P1 per epoch of every training (one line per training and seed, "
-                f"colour by variant); dashed lines stopped short of convergence ({NOT_CONVERGED} in the "
-                "tables). Model selection uses these validation subjects only.", fig)
+        fig.suptitle("Learning curves: validation P1 per epoch" + ("" if averaged else " (dashed: not converged)"))
+    return Plot("learning_curves", "Validation P1 per epoch, colour by variant: one line per training and seed "
+                f"while a variant has at most {EACH_TRAINING_UP_TO} (dashed: stopped short of convergence, "
+                f"{NOT_CONVERGED} in the tables), else the mean over the trainings that ran that far, band: the "
+                "10th to 90th percentile of them. Model selection uses these validation subjects only.", fig)
+
+
+def _mean_curve(ax, curves: list, short: int, colour, label: str) -> None:
+    """The mean of ``curves`` (validation P1 per epoch, of different lengths) per epoch over those that ran that
+    far, and a band from their 10th to 90th percentile; the legend says how many stopped short."""
+    longest = max(len(c) for c in curves)
+    grid = np.full((len(curves), longest), np.nan)                               # (trainings, epochs)
+    for i, c in enumerate(curves):
+        grid[i, :len(c)] = np.asarray(c, dtype=float)
+    epochs = np.arange(1, longest + 1)
+    low, high = np.nanpercentile(grid, [10.0, 90.0], axis=0)
+    ax.fill_between(epochs, low, high, color=colour, alpha=0.15, linewidth=0)
+    ax.plot(epochs, np.nanmean(grid, axis=0), color=colour, lw=1.5, marker="o" if longest == 1 else None,
+            label=f"{label} ({short} not converged)" if short else label)
 
 
 def calibration_figure(runs: pd.DataFrame) -> Plot | None:
@@ -313,7 +377,7 @@ def calibration_figure(runs: pd.DataFrame) -> Plot | None:
     order = dataset_order(datasets.unique())
     levels = np.asarray(CALIBRATION_LEVELS)
     with style():
-        fig, axes = figure(max(5.5, 4.8 * len(order)), 4.6, ncols=len(order))
+        fig, axes = figure(max(7.4, 6.8 * len(order)), 4.6, ncols=len(order))     # legends to the right
         for ax, ds in zip(axes, order, strict=True):
             sub = pool[datasets == ds]
             n_of = pd.to_numeric(column(sub, param("sample.hypotheses")), errors="coerce").astype(int)
@@ -332,8 +396,8 @@ def calibration_figure(runs: pd.DataFrame) -> Plot | None:
             ax.set_title(_dataset_label(ds))
             ax.set_xlabel("q: fraction of hypotheses inside the sphere")
             ax.set_ylabel("fraction of targets inside")
-            ax.legend(fontsize="small", loc="upper left")
-        fig.suptitle("Calibration of the hypotheses (below the diagonal: overconfident)")
+            ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+        fig.suptitle("Calibration of the hypotheses\n(below the diagonal: overconfident)")
     return Plot("calibration", "Quantile calibration of the hypotheses per joint (root excluded): the fraction "
                 "of test targets inside the sphere around the hypotheses' median that holds a fraction q of "
                 "them, against q; mean over seeds, band: their range. On the diagonal a method's spread says "
