@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -72,15 +73,37 @@ def close_stale_suite_runs(client: MlflowClient, experiment_id: str) -> int:
     return len(runs)
 
 
+# Up to this many trial ids are looked up one by one (one indexed query each: 13-80 ms at 6,000-10,000 runs on
+# SQLite) rather than by paging every run of the experiment (MLflow loads each run's params, metrics and tags:
+# 2-7 ms a run). MLflow's filters have no IN on tags and no OR, so a larger set pages.
+BY_ID_UP_TO = 50
+
+
 def finished_trials(client: MlflowClient, experiment_id: str, trial_ids: Iterable[str] | None = None, *,
-                    page_size: int = 1000) -> dict[str, str]:
-    """trial.id -> run id of every FINISHED trial (or encoder) run of the experiment, page by page."""
+                    page_size: int = 1000, by_id_up_to: int = BY_ID_UP_TO) -> dict[str, str]:
+    """trial.id -> run id of every FINISHED trial (or encoder) run of the experiment (only those of
+    ``trial_ids`` when given): each id by its own query when there are at most ``by_id_up_to``, else page by
+    page through every finished run. Both ways read every page MLflow returns, so nothing is missed."""
     wanted = set(trial_ids) if trial_ids is not None else None
+    if wanted is not None and len(wanted) <= by_id_up_to and all(_ID.fullmatch(t) for t in wanted):
+        out: dict[str, str] = {}
+        for tid in sorted(wanted):
+            out |= _finished_runs(client, experiment_id, f"tags.`trial.id` = '{tid}' and attributes.status = "
+                                  "'FINISHED'", page_size, {tid})
+        return out
+    return _finished_runs(client, experiment_id, "attributes.status = 'FINISHED'", page_size, wanted)
+
+
+_ID = re.compile(r"[\w.-]+")   # an id that can stand in a filter string's quotes as it is
+
+
+def _finished_runs(client: MlflowClient, experiment_id: str, query: str, page_size: int,
+                   wanted: set[str] | None) -> dict[str, str]:
+    """trial.id -> run id of the trial and encoder runs ``query`` finds (the first of each id MLflow returns)."""
     out: dict[str, str] = {}
     token = None
     while True:
-        page = client.search_runs([experiment_id], filter_string="attributes.status = 'FINISHED'",
-                                  max_results=page_size, page_token=token)
+        page = client.search_runs([experiment_id], filter_string=query, max_results=page_size, page_token=token)
         for r in page:
             tid = r.data.tags.get("trial.id")
             if tid is not None and r.data.tags.get(ROLE) in ("trial", "encoder") and (wanted is None or tid in wanted):
