@@ -24,10 +24,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 MLFLOW_PORT ?= 5000
 
-.PHONY: help setup test lint prepare bench gpu-check ablate tune report mlflow-ui clean
+.PHONY: help setup test lint prepare bench bench-scale gpu-check ablate tune report mlflow-ui clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## Create .venv and install torch (TORCH_SPEC) and the project (idempotent)
 
@@ -51,6 +51,9 @@ prepare: $(STORES)/mocap17/meta.json ## Prepare the store of the shipped mocap s
 bench: setup $(STORES)/mocap17/meta.json ## Speed and memory benchmarks on DEVICE (default: the loop's pick) -> bench.json
 	$(BIN)/diffpose-bench bench --store $(STORES)/mocap17 --out bench.json --device $(DEVICE)
 
+bench-scale: setup ## Report, finished-trial lookup and suite expansion on a synthetic store of 10,000 runs -> bench_scale.json
+	$(BIN)/python -m benchmark.scale --results $(RESULTS)/scale --out bench_scale.json
+
 gpu-check: setup $(STORES)/mocap17/meta.json ## On a CUDA machine (<= 5 min): CUDA tests, an autocast epoch of DiffPose full and refiner, bench -> RESULTS/gpu_check.json
 	$(BIN)/python -m benchmark.gpu_check --store $(STORES)/mocap17 --out $(RESULTS)/gpu_check.json
 
@@ -67,5 +70,5 @@ mlflow-ui: setup ## Serve the MLflow UI of RESULTS on http://127.0.0.1:5000 (MLF
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
 		--backend-store-uri sqlite:///$(abspath $(RESULTS))/mlflow.db --default-artifact-root $(abspath $(RESULTS))/artifacts
 
-clean: ## Remove stores, results and bench.json (not .venv)
-	rm -rf $(STORES) $(RESULTS) bench.json
+clean: ## Remove stores, results, bench.json and bench_scale.json (not .venv)
+	rm -rf $(STORES) $(RESULTS) bench.json bench_scale.json
