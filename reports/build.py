@@ -154,19 +154,25 @@ def _spread_series(runs: pd.DataFrame, find: ArtifactFinder, warn: list[str]) ->
     variant and seed, averaged into one line per variant by the figure (seeds are not pooled: one seed's
     hypotheses may spread ten times wider than another's, which pooled bins would hide). A run's poses are
     read one run at a time and only its bins kept, so memory does not grow with the test split times the
-    seeds."""
+    seeds; the first :data:`reports.figures.SPREAD_SEEDS` seeds of a variant with readable predictions are
+    read, so neither does time."""
     n = column(runs, param("sample.hypotheses")).fillna(1).astype(int)
     multi = runs[n > 1]
     if multi.empty:
         warn.append("no multi-hypothesis (N > 1) runs: no spread-vs-error figure")
         return {}
     series: dict[str, figs.SpreadCurve] = {}
-    unreadable = 0
+    unreadable, unread = 0, 0
     datasets = column(multi, param("trial.dataset")).astype(str)
     for ds in sorted(datasets.unique()):
         for label, part in variant_rows(multi[datasets == ds], [], "spread"):
-            seeds = column(part, param("trial.seed"))
+            seeds = pd.to_numeric(column(part, param("trial.seed")), errors="coerce")
+            part, seeds = part.loc[seeds.sort_values(kind="stable").index], seeds.sort_values(kind="stable")
+            taken = 0
             for (_, run), seed in zip(part.iterrows(), seeds, strict=True):
+                if taken == figs.SPREAD_SEEDS:
+                    unread += 1
+                    continue
                 path = find(run)
                 if path is None:
                     unreadable += 1
@@ -178,7 +184,11 @@ def _spread_series(runs: pd.DataFrame, find: ArtifactFinder, warn: list[str]) ->
                     log.warning("run %s: %s", run["run_id"], e)
                     unreadable += 1
                     continue
-                series[key if len(part) == 1 else f"{key}, seed {seed}"] = curve
+                series[key if len(part) == 1 else f"{key}, seed {seed:g}"] = curve
+                taken += 1
+    if unread:
+        warn.append(f"spread-vs-error figure: the first {figs.SPREAD_SEEDS} seeds of each variant; {unread} "
+                    "runs of later seeds not read (the reliability table has every seed)")
     if unreadable:
         warn.append(f"{unreadable} multi-hypothesis run{'s' if unreadable > 1 else ''} without a readable "
                     "predictions.npz holding a spread")

@@ -68,6 +68,15 @@ def test_spread_figure_is_one_line_per_method_over_all_seeds(many_seeds):
     np.testing.assert_allclose(mc.get_ydata(), np.mean([c.error for c in curves], axis=0))
 
 
+def test_spread_series_read_the_first_seeds_of_each_method_only(many_seeds, monkeypatch):
+    monkeypatch.setattr(figs, "SPREAD_SEEDS", 5)
+    warn: list[str] = []
+    series = _spread_series(many_seeds, _find, warn)
+    assert len(series) == 4 * 5 and all(k.endswith(tuple(f"seed {s}" for s in range(5))) for k in series)
+    assert warn == [f"spread-vs-error figure: the first 5 seeds of each variant; {4 * (SEEDS - 5)} runs of later "
+                    "seeds not read (the reliability table has every seed)"]
+
+
 def test_spread_figure_caps_the_methods_it_draws_and_says_so():
     rng = np.random.default_rng(0)
     spread = rng.lognormal(0.0, 0.5, 400)
