@@ -231,19 +231,19 @@ def build_experiment(uri: str, results: Path, suite: Suite, n: int | None, poses
 
 # ---- measuring ---------------------------------------------------------------------------------------------
 
-def measured(cmd: list[str]) -> dict[str, Any]:
-    """Run ``cmd`` to its end: wall seconds, peak RSS (MiB, by ``os.wait4``), exit status and its stdout."""
+def measured(cmd: list[str], stderr: Path) -> dict[str, Any]:
+    """Run ``cmd`` to its end, its stderr (logs, with times) into ``stderr``: wall seconds, peak RSS (MiB, by
+    ``os.wait4``), exit status and its stdout."""
     t0 = time.perf_counter()
-    with tempfile.TemporaryFile() as out:
-        child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
-        err = child.stderr.read() if child.stderr is not None else ""
+    with tempfile.TemporaryFile() as out, stderr.open("wb") as err:
+        child = subprocess.Popen(cmd, stdout=out, stderr=err)
         _, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - t0
         out.seek(0)
         stdout = out.read().decode()
     if child.returncode != 0:
-        log.error("%s exited %d:\n%s", " ".join(cmd), child.returncode, err[-4000:])
+        log.error("%s exited %d (its stderr: %s)", " ".join(cmd), child.returncode, stderr)
     return {"command": " ".join(cmd), "returncode": child.returncode, "wall_seconds": wall,
             "peak_rss_mib": usage.ru_maxrss / 1024.0, "stdout": stdout}
 
@@ -274,9 +274,10 @@ def expansion(suite_file: Path) -> dict[str, Any]:
             "trials_seconds": t[2] - t[1], "ids_seconds": t[3] - t[2]}
 
 
-def _child(args: list[str]) -> dict[str, Any]:
-    """Run one of this module's measurements in a fresh interpreter; its JSON result and the process's cost."""
-    run = measured([sys.executable, "-m", "benchmark.scale", *args])
+def _child(results: Path, what: str, suite_file: Path, *args: str) -> dict[str, Any]:
+    """Run measurement ``what`` of this module in a fresh interpreter; its JSON result and the process's cost."""
+    run = measured([sys.executable, "-m", "benchmark.scale", "--results", str(results), "--child", what,
+                    "--suite", str(suite_file), *args], results / f"{what}.log")
     if run["returncode"] != 0:
         raise RuntimeError(f"{run['command']} failed (exit {run['returncode']})")
     return json.loads(run["stdout"].strip().splitlines()[-1]) | {
@@ -292,11 +293,12 @@ def _check(name: str, value: float, limit: float, unit: str, **detail: Any) -> d
 def report(uri: str, results: Path, suite_file: Path, runs: int) -> list[dict[str, Any]]:
     """``diffpose-bench report`` of the suite's experiment in its own process: wall time and peak RSS."""
     run = measured([sys.executable, "-m", "benchmark", "report", "--suite", str(suite_file), "--results",
-                    str(results), "--tracking-uri", uri])
+                    str(results), "--tracking-uri", uri], results / f"{suite_file.stem}.report.log")
     if run["returncode"] != 0:
         raise RuntimeError(f"{run['command']} failed (exit {run['returncode']})")
     what = f"report of {runs:,} runs ({suite_file.stem})"
-    return [_check(f"{what}: wall", run["wall_seconds"], REPORT_LIMIT_S, "s", command=run["command"]),
+    return [_check(f"{what}: wall", run["wall_seconds"], REPORT_LIMIT_S, "s", command=run["command"],
+                   log=str(results / f"{suite_file.stem}.report.log")),
             _check(f"{what}: peak RSS", run["peak_rss_mib"], REPORT_LIMIT_MIB, "MiB")]
 
 
@@ -333,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    started = machine()
     store = results / "store"   # never read: the runs are synthetic
     big = write_suite(results / "scale.toml", "scale", math.ceil(args.trials / TRIALS_PER_SEED), store)
     small = write_suite(results / "scale_figures.toml", "scale_figures", args.figure_seeds, store)
@@ -343,21 +346,21 @@ def main(argv: list[str] | None = None) -> int:
     for b in builds:
         log.info("%s: %d runs (%d logged now, %.0f s)", b["experiment"], b["trials"], b["logged_now"],
                  b["build_seconds"])
-    checks = report(uri, results, big, builds[0]["trials"]) + report(uri, results, small, builds[1]["trials"])
-    found = _child(["--results", str(results), "--child", "lookup", "--suite", str(big),
-                    "--trials", str(args.trials)])
-    checks.append(_check(f"finished-trial lookup of a {found['trials']:,}-trial suite", found["seconds"],
-                         LOOKUP_LIMIT_S, "s", found=found["found"], trials=found["trials"]))
+    found = _child(results, "lookup", big, "--trials", str(args.trials))
+    checks = [_check(f"finished-trial lookup of a {found['trials']:,}-trial suite", found["seconds"],
+                     LOOKUP_LIMIT_S, "s", found=found["found"], trials=found["trials"])]
     if found["found"] != found["trials"]:
         checks[-1]["pass"] = False
         log.error("lookup found %d of %d finished trials", found["found"], found["trials"])
-    grown = _child(["--results", str(results), "--child", "expansion", "--suite", str(wide)])
+    grown = _child(results, "expansion", wide)
     checks.append(_check(f"expansion of a {grown['trials']:,}-trial suite", grown["seconds"], EXPANSION_LIMIT_S,
                          "s", **{k: round(v, 3) if isinstance(v, float) else v for k, v in grown.items()
                                  if k != "seconds"}))
+    checks += report(uri, results, small, builds[1]["trials"]) + report(uri, results, big, builds[0]["trials"])
     figures = results / "report" / "scale_figures" / "figures"
-    out = {"machine": machine(), "builds": builds, "checks": checks, "passed": all(c["pass"] for c in checks),
-           "figures": sorted(str(p) for p in figures.glob("*.png")), "tracking_uri": uri}
+    out = {"machine": started, "load_average_at_end": os.getloadavg(), "builds": builds, "checks": checks,
+           "passed": all(c["pass"] for c in checks), "figures": sorted(str(p) for p in figures.glob("*.png")),
+           "tracking_uri": uri}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     log.info("wrote %s: %s", args.out, "every limit met" if out["passed"] else "a limit was missed")
