@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from benchmark.suite import Trial
 from diffpose.metrics import CALIBRATION_LEVELS
 from diffpose.train import FitResult
+from reports.results import search_all
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def start_parent_run(client: MlflowClient, experiment_id: str, role: str, name: 
 def close_stale_suite_runs(client: MlflowClient, experiment_id: str) -> int:
     """Mark suite runs left RUNNING by a killed driver as KILLED; returns how many."""
     query = f"tags.`{ROLE}` = 'suite' and attributes.status = 'RUNNING'"
-    runs = client.search_runs([experiment_id], filter_string=query)
+    runs = list(search_all(client, experiment_id, query))
     for r in runs:
         client.set_terminated(r.info.run_id, status="KILLED")
     return len(runs)
@@ -101,16 +102,11 @@ def _finished_runs(client: MlflowClient, experiment_id: str, query: str, page_si
                    wanted: set[str] | None) -> dict[str, str]:
     """trial.id -> run id of the trial and encoder runs ``query`` finds (the first of each id MLflow returns)."""
     out: dict[str, str] = {}
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=query, max_results=page_size, page_token=token)
-        for r in page:
-            tid = r.data.tags.get("trial.id")
-            if tid is not None and r.data.tags.get(ROLE) in ("trial", "encoder") and (wanted is None or tid in wanted):
-                out.setdefault(tid, r.info.run_id)
-        token = page.token
-        if not token:
-            return out
+    for r in search_all(client, experiment_id, query, page_size):
+        tid = r.data.tags.get("trial.id")
+        if tid is not None and r.data.tags.get(ROLE) in ("trial", "encoder") and (wanted is None or tid in wanted):
+            out.setdefault(tid, r.info.run_id)
+    return out
 
 
 def trial_tags(trial: Trial, parent_run_id: str, tags: dict[str, str]) -> dict[str, str]:

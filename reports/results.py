@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,7 @@ def pull_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
     if found is None:
         log.warning("no experiment %r at %s", experiment, tracking_uri)
         return pd.DataFrame({"run_id": pd.Series(dtype="str"), "status": pd.Series(dtype="str")})
-    runs = _runs_frame(_every_run(client, found.experiment_id))
+    runs = _runs_frame(list(search_all(client, found.experiment_id)))
     if runs.empty:
         return pd.DataFrame({"run_id": pd.Series(dtype="str"), "status": pd.Series(dtype="str")})
     role = runs.get(tag("diffpose.role"), pd.Series(None, index=runs.index, dtype="object"))
@@ -144,15 +145,16 @@ def pull_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
     return type_params(trials).sort_values("run_id", ignore_index=True)
 
 
-def _every_run(client: Any, experiment_id: str, page: int = 1000) -> list[Any]:
-    """Every run of the experiment, page by page (MLflow caps one search's results)."""
-    runs, token = [], None
+def search_all(client: Any, experiment_id: str, query: str = "", page_size: int = 1000) -> Iterator[Any]:
+    """Every run of the experiment that ``query`` finds (all of them by default), page by page:
+    ``search_runs`` alone stops at its ``max_results``."""
+    token = None
     while True:
-        batch = client.search_runs([experiment_id], max_results=page, page_token=token)
-        runs += list(batch)
-        token = batch.token
+        page = client.search_runs([experiment_id], filter_string=query, max_results=page_size, page_token=token)
+        yield from page
+        token = page.token
         if not token:
-            return runs
+            return
 
 
 def _runs_frame(runs: list[Any]) -> pd.DataFrame:

@@ -21,6 +21,7 @@ from matplotlib.ticker import MaxNLocator
 from optuna.trial import TrialState
 
 from reports import figures as figs
+from reports.results import search_all
 from reports.tables.model import Cell, Column, Row, Table
 from reports.tables.render import tex_escape, to_latex, to_markdown
 
@@ -199,8 +200,7 @@ def search_sections(tracking_uri: str, experiment: str) -> list[SearchSection]:
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return []
-    parents = client.search_runs([found.experiment_id], filter_string="tags.`diffpose.role` = 'search'",
-                                 max_results=1000)
+    parents = list(search_all(client, found.experiment_id, "tags.`diffpose.role` = 'search'"))
     studies = sorted({(r.data.tags.get("optuna.storage", ""), r.data.tags.get("optuna.study", "")) for r in parents})
     sections = []
     for shown, name in studies:

@@ -565,9 +565,9 @@ def test_report_tex_compiles_to_a_pdf_with_the_numbers(demo_report):
 def test_runs_are_pulled_page_by_page_and_none_is_missed(tracking):
     from mlflow.tracking import MlflowClient
 
-    from reports.results import _every_run
+    from reports.results import search_all
 
     client = MlflowClient(tracking)
     exp = client.get_experiment_by_name("demo").experiment_id
-    every = {r.info.run_id for r in _every_run(client, exp)}
-    assert {r.info.run_id for r in _every_run(client, exp, page=3)} == every and len(every) > 3 * 5
+    every = {r.info.run_id for r in search_all(client, exp)}
+    assert {r.info.run_id for r in search_all(client, exp, page_size=3)} == every and len(every) > 3 * 5

@@ -46,6 +46,7 @@ from benchmark.search.study import (
 from benchmark.trial import open_run, train_logged
 from diffpose.config import Config
 from diffpose.data.store import store_meta
+from reports.results import search_all
 
 log = logging.getLogger(__name__)
 
@@ -213,9 +214,7 @@ def end_runs(client: MlflowClient, experiment_id: str, study: optuna.Study) -> N
     before its driver stops the trial, or dies. A complete trial's worker ends its own run."""
     ended = {t.number: t for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     try:
-        runs = client.search_runs([experiment_id], filter_string=f"tags.`optuna.study` = '{study.study_name}'",
-                                  max_results=10_000)
-        for r in runs:
+        for r in search_all(client, experiment_id, f"tags.`optuna.study` = '{study.study_name}'"):
             t = ended.get(int(r.data.tags.get(TRIAL_TAG, -1)))
             if t is None:
                 continue
