@@ -329,7 +329,7 @@ def learning_curves_figure(runs: pd.DataFrame) -> Plot | None:
                 for values, ok in zip(part[CURVE], done, strict=True):
                     values = np.asarray(values, dtype=float)
                     ax.plot(np.arange(1, len(values) + 1), values, color=colour, lw=1.2,
-                            ls="-" if ok else "--", label=label)
+                            ls="-" if ok else "--", marker="o" if len(values) == 1 else None, label=label)
             handles, names = ax.get_legend_handles_labels()
             unique = dict(zip(names, handles, strict=True))        # one entry per variant, not per seed
             ax.legend(unique.values(), unique.keys(), fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
