@@ -48,6 +48,7 @@ from benchmark import tracking
 from benchmark.suite import Suite, Trial, load_suite
 from diffpose.metrics import CALIBRATION_LEVELS
 from diffpose.train import FitResult
+from reports.results import curve_tag
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +185,11 @@ def log_trial(client: MlflowClient, experiment_id: str, parent: str, trial: Tria
     params, epochs and final metrics, its predictions (multi-hypothesis runs), terminated FINISHED."""
     tags = {"git.commit": "0" * 40, "data.fingerprint": FINGERPRINT, "device": "cpu", "device.type": "cpu",
             "ray.node": "synthetic", "ray.node_ip": "127.0.0.1"}
+    fit = synthetic_fit(trial)
+    if not trial.eval_only and trial.stage != "encoder":  # as benchmark.trial.run_trial tags it at its end
+        tags |= curve_tag([h["val_p1"] for h in fit.history])
     run = client.create_run(experiment_id, run_name=trial.name, tags=tracking.trial_tags(trial, parent, tags))
     run_id = run.info.run_id
-    fit = synthetic_fit(trial)
     now = int(time.time() * 1000)
     metrics = [] if trial.eval_only else [m for r in fit.history for m in tracking.epoch_metrics(r, now)]
     final = tracking.training_metrics(fit, trial.config.train.metric)

@@ -22,6 +22,7 @@ from benchmark.suite import Trial
 from benchmark.tracking import TrialRun, final_metrics, training_metrics
 from diffpose.data.store import store_meta
 from diffpose.train import FitResult, evaluate, pick_device, trained
+from reports.results import curve_tag
 
 log = logging.getLogger(__name__)
 
@@ -113,5 +114,7 @@ def run_trial(spec: dict[str, Any]) -> None:
             writer.writerow([action, f"{m['p1']:.3f}", f"{m['p2']:.3f}", m["frames"]])
     run.log_final(metrics, [out_dir / "config.toml", out_dir / "per_action.csv", predictions,
                             result.best_checkpoint])
+    if not trial.eval_only:  # an evaluation logs no epochs of the training it evaluates
+        run.set_tags(curve_tag([h["val_p1"] for h in result.history]))
     run.finish()
     tune.report({k: v for k, v in metrics.items() if "." not in k})

@@ -525,6 +525,29 @@ def test_learning_curves_are_pulled_per_run_and_drawn_once_per_training(demo_fra
     assert len(dashed) == 1  # no_gmm's seed 1
 
 
+def test_a_learning_curve_is_read_from_its_tag_else_from_the_metric_history(tmp_path):
+    from mlflow import MlflowClient
+
+    from reports.results import CURVE, CURVE_TAG, curve_tag
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("curves", artifact_location=str(tmp_path / "artifacts"))
+    names = {}
+    for name, tags, history in (("tagged", curve_tag([50.004, 40.5]), []),             # the tag only
+                                ("history", {}, [60.0, 55.0, 52.0]),                    # the metric only
+                                ("damaged", {CURVE_TAG: "[1, 2"}, [70.0, 65.0])):       # fall back to the metric
+        run = client.create_run(exp, tags={"diffpose.role": "trial", **tags}).info.run_id
+        for epoch, value in enumerate(history, 1):
+            client.log_metric(run, "val_p1", value, step=epoch)
+        client.set_terminated(run, "FINISHED")
+        names[run] = name
+    frame = pull_runs(uri, "curves")
+    curves = {names[r]: list(c) for r, c in zip(frame["run_id"], frame[CURVE], strict=True)}
+    assert curves == {"tagged": [50.0, 40.5], "history": [60.0, 55.0, 52.0], "damaged": [70.0, 65.0]}
+    assert curve_tag([50.0] * 2000) == {}                                   # too long for a tag: the history
+
+
 def test_report_from_parquet_alone_matches(demo_report, tmp_path):
     again = build_report_from_parquet(demo_report.parquet, tmp_path, figures=False)
     assert again.tables == demo_report.tables and again.runs == demo_report.runs
