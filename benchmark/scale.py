@@ -186,8 +186,8 @@ def log_trial(client: MlflowClient, experiment_id: str, parent: str, trial: Tria
     tags = {"git.commit": "0" * 40, "data.fingerprint": FINGERPRINT, "device": "cpu", "device.type": "cpu",
             "ray.node": "synthetic", "ray.node_ip": "127.0.0.1"}
     fit = synthetic_fit(trial)
-    if not trial.eval_only and trial.stage != "encoder":  # as benchmark.trial.run_trial tags it at its end
-        tags |= curve_tag([h["val_p1"] for h in fit.history])
+    if trial.stage != "encoder":  # as benchmark.trial.run_trial tags it at its end
+        tags |= curve_tag([] if trial.eval_only else [h["val_p1"] for h in fit.history])
     run = client.create_run(experiment_id, run_name=trial.name, tags=tracking.trial_tags(trial, parent, tags))
     run_id = run.info.run_id
     now = int(time.time() * 1000)
