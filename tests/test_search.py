@@ -773,15 +773,21 @@ def postgres() -> Iterator[str]:
 
 DRIVE = """
 import sys, time
+from pathlib import Path
 from benchmark.search import Objective, load_search, open_storage, open_study
 search = load_search(sys.argv[1], storage=sys.argv[2])
 study = open_study(search, open_storage(search), "fp")
 def execute(number, params):
     value = 100 * params["train.lr"] + params["model.dropout"]   # a made-up objective of the point
-    time.sleep(0.05)
+    time.sleep(0.25)
     yield {"epoch": 1, "val_p1": value + 1}
     yield {"epoch": 2, "val_p1": value}
 driver = Objective(search, execute, driver=sys.argv[3])
+barrier = Path(sys.argv[4])        # both drivers ready before either asks for a trial: a driver that imports
+(barrier / sys.argv[3]).touch()    # torch slower on a loaded machine would otherwise find the budget spent
+deadline = time.monotonic() + 120
+while len(list(barrier.iterdir())) < 2 and time.monotonic() < deadline:
+    time.sleep(0.01)
 driver.optimize(study, concurrency=2)
 print("ran", driver.started)
 """
@@ -791,7 +797,10 @@ print("ran", driver.started)
 def test_two_drivers_share_one_study_on_postgresql_without_double_counting(postgres, fake_store, tmp_path):
     search_file = _write(tmp_path, _search_text(fake_store, 'trials = 12\npruner = "none"'))
     env = {k: v for k, v in os.environ.items() if k != "OPTUNA_STORAGE"}
-    procs = [subprocess.Popen([sys.executable, "-c", DRIVE, str(search_file), postgres, name], cwd=REPO, env=env,
+    barrier = tmp_path / "ready"
+    barrier.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", DRIVE, str(search_file), postgres, name, str(barrier)],
+                              cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
              for name in ("one", "two")]
     try:
