@@ -270,3 +270,46 @@ def test_deploy_manifests_parse():
         assert claims.get(mounts.get("/mnt/results")) in shared
     limits = [c["resources"]["limits"] for pod in workers for c in pod["containers"]]
     assert any("nvidia.com/gpu" in lim for lim in limits)
+
+
+# Ids of finished trainings in users' MLflow stores: a change of any of these retrains every suite. Change them
+# only with a change of what a training computes (a default, a recipe, the convergence rule), never by a refactor.
+PINNED_IDS = {
+    "full": ("e611539d0ae6beac", "diffpose-562a5cee357a61d0"),
+    "no_context": ("b7ff8a24f19be931", "diffpose-604fbd14678be662"),
+    "no_heatmap_init": ("d40ebe214a961416", "diffpose-562a5cee357a61d0"),
+    "refiner": ("e768bfbe25564836", "diffpose-017bb197baf5f00a"),
+    "mc_dropout": ("dd2677b07c258316", "graformer-4b78dfb7d2d8cd33"),
+    "mean_pose": ("3501b234652c1240", "mean_pose-ce74c9ff2f387de5"),
+    "steps=2": ("42f65e0de3bcb487", "diffpose-562a5cee357a61d0"),
+    "kernels=1": ("50d9d8272ad2cc20", "diffpose-67fd5585d8976558"),
+    "encoder:graformer": ("43c80f5a7f052c29", "graformer-4b78dfb7d2d8cd33"),
+}
+
+
+def test_trial_ids_are_the_pinned_ones(tmp_path):
+    text = """[suite]
+name = "pinned"
+datasets = ["mocap17"]
+variants = ["full", "no_context", "no_heatmap_init", "refiner", "mc_dropout", "mean_pose"]
+seeds = [0]
+
+[axes]
+steps = [2]
+kernels = [1]
+
+[datasets.mocap17]
+store = "/nonexistent/store"
+
+[base]
+train.epochs = 2
+
+[variant.mc_dropout]
+sample.hypotheses = 10
+"""
+    suite = load_suite(_write(tmp_path, text), check_data=False)
+    trials = suite.trials({"mocap17": "f" * 64})
+    every = trials + suite.encoder_trials(trials)
+    assert {t.variant: (t.id, t.training) for t in every} == PINNED_IDS
+    assert [t.variant for t in every] == list(PINNED_IDS)
+    assert trials[0].config.hash() == "288bd5bb36cc8c40"  # the store's path is part of it
