@@ -234,8 +234,14 @@ class Config:
 
     # ---- views ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        out = dataclasses.asdict(self)
-        return {s: {k: list(v) if isinstance(v, tuple) else v for k, v in sec.items()} for s, sec in out.items()}
+        """Section -> key -> value (tuples as lists), by the field names resolved once per section: the values
+        are immutable, so nothing is deep-copied (``dataclasses.asdict`` was most of a suite's expansion)."""
+        out = {}
+        for name, cls in _SECTIONS.items():
+            section = getattr(self, name)
+            values = ((k, getattr(section, k)) for k in _fields(cls))
+            out[name] = {k: list(v) if isinstance(v, tuple | list) else v for k, v in values}
+        return out
 
     def flatten(self) -> dict[str, Any]:
         """Dotted keys -> values (tuples joined by commas), the MLflow params and report columns."""

@@ -1,3 +1,4 @@
+import dataclasses
 import tomllib
 
 import pytest
@@ -26,6 +27,17 @@ def test_override_returns_a_new_object_and_never_mutates():
     assert base.train.epochs == 80 and new.train.epochs == 3
     with pytest.raises(AttributeError):
         new.train.epochs = 4  # frozen
+
+
+def test_to_dict_is_every_field_of_every_section_in_order_with_lists_for_tuples():
+    cfg = Config().override({"data.val_subjects": ["S8", "S1"], "model.lifter": "graformer"})
+    expected = {s: {k: list(v) if isinstance(v, tuple) else v for k, v in sec.items()}
+                for s, sec in dataclasses.asdict(cfg).items()}
+    view = cfg.to_dict()
+    assert [(s, list(sec.items())) for s, sec in view.items()] == [(s, list(sec.items())) for s, sec in
+                                                                   expected.items()]
+    view["data"]["val_subjects"].append("S9")  # a view, not the config
+    assert cfg.data.val_subjects == ("S8", "S1")
 
 
 def test_flatten_gives_dotted_keys_with_strings_for_lists():
