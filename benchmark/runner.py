@@ -242,7 +242,8 @@ def run_suite(
     stale = tracking.close_stale_suite_runs(client, experiment_id)
     if stale:
         log.info("marked %d suite run(s) of an interrupted invocation as KILLED", stale)
-    finished = tracking.finished_trials(client, experiment_id, [t.id for t in trials + encoders])
+    known = tracking.find_finished(client, experiment_id)
+    finished = known.among(t.id for t in trials + encoders)
     parent = tracking.start_parent_run(client, experiment_id, "suite", suite.name, suite.file, setup.commit)
     cache = setup.cache
     ctx = setup.context(parent)
@@ -272,8 +273,10 @@ def run_suite(
             summary.trial_seconds += busy
             summary.stage_seconds[stage] = wall
     finally:
-        # only what this invocation ran: a few ids are looked up one by one instead of paging every run again
-        summary.done = len(tracking.finished_trials(client, experiment_id, [t.id for t in todo]))
+        # what ended since the first lookup (this invocation's trials, others' too), left for the next lookup
+        known = tracking.find_finished(client, experiment_id, known)
+        tracking.write_index(client, parent, known)
+        summary.done = len(known.among(t.id for t in todo))
         summary.wall_seconds = time.perf_counter() - t_start
         for key, value in (("trials_done", summary.done), ("trials_failed", len(failed)),
                            ("wall_seconds", summary.wall_seconds), ("scheduling_efficiency", summary.efficiency)):

@@ -14,8 +14,8 @@ A build that is interrupted is resumed: the trials already FINISHED are found an
 Measured, each in its own process where memory is measured (peak RSS by ``os.wait4``):
 
 - ``report``: ``diffpose-bench report`` of each experiment (tables, figures, Parquet), wall time and peak RSS;
-- ``lookup``: :func:`benchmark.tracking.finished_trials` for every trial of the ``scale`` suite, as the runner
-  calls it before scheduling;
+- ``lookup``: the finished trials among every trial of the ``scale`` suite, as the runner looks them up before
+  scheduling (:func:`benchmark.tracking.find_finished`, from the index the build's invocation left);
 - ``expansion``: :func:`benchmark.suite.load_suite` of a ``--expand``-trial suite (default 2,000) and its trial
   ids with the encoders, as the runner expands a suite;
 - the figures of ``scale_figures`` stay in ``<results>/report/scale_figures/figures`` for looking at.
@@ -217,17 +217,18 @@ def build_experiment(uri: str, results: Path, suite: Suite, n: int | None, poses
         client.delete_run(run.info.run_id)
     trials = suite_trials(suite, n)
     t0 = time.perf_counter()
-    have = tracking.finished_trials(client, experiment_id, [t.id for t in trials])
-    todo = [t for t in trials if t.id not in have]
-    if todo:
-        parent = tracking.start_parent_run(client, experiment_id, "suite", suite.name, suite.file, "0" * 40)
-        with tempfile.TemporaryDirectory(prefix="diffpose-scale-") as scratch:
-            for i, trial in enumerate(todo):
-                log_trial(client, experiment_id, parent, trial, Path(scratch), poses)
-                if (i + 1) % 500 == 0:
-                    rate = (i + 1) / (time.perf_counter() - t0)
-                    log.info("%s: %d of %d runs logged (%.0f runs/s)", suite.name, i + 1, len(todo), rate)
-        client.set_terminated(parent, "FINISHED")
+    # as an invocation of the runner: look up, log what is missing, leave the index of finished trials
+    known = tracking.find_finished(client, experiment_id)
+    todo = [t for t in trials if t.id not in known.runs]
+    parent = tracking.start_parent_run(client, experiment_id, "suite", suite.name, suite.file, "0" * 40)
+    with tempfile.TemporaryDirectory(prefix="diffpose-scale-") as scratch:
+        for i, trial in enumerate(todo):
+            log_trial(client, experiment_id, parent, trial, Path(scratch), poses)
+            if (i + 1) % 500 == 0:
+                rate = (i + 1) / (time.perf_counter() - t0)
+                log.info("%s: %d of %d runs logged (%.0f runs/s)", suite.name, i + 1, len(todo), rate)
+    tracking.write_index(client, parent, tracking.find_finished(client, experiment_id, known))
+    client.set_terminated(parent, "FINISHED")
     return {"experiment": suite.name, "experiment_id": experiment_id, "trials": len(trials),
             "logged_now": len(todo), "build_seconds": time.perf_counter() - t0}
 
@@ -258,7 +259,7 @@ def lookup(uri: str, suite_file: Path, n: int) -> dict[str, Any]:
     client = MlflowClient(uri)
     experiment_id = client.get_experiment_by_name(suite.name).experiment_id
     t0 = time.perf_counter()
-    found = tracking.finished_trials(client, experiment_id, ids)
+    found = tracking.find_finished(client, experiment_id).among(ids)
     return {"seconds": time.perf_counter() - t0, "trials": len(ids), "found": len(found)}
 
 

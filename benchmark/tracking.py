@@ -7,11 +7,13 @@ and a finished trial is never logged twice. Everything goes through ``MlflowClie
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import re
 import subprocess
+import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,39 +76,90 @@ def close_stale_suite_runs(client: MlflowClient, experiment_id: str) -> int:
     return len(runs)
 
 
-# Up to this many trial ids are looked up one by one (one indexed query each: 13-80 ms at 6,000-10,000 runs on
-# SQLite) rather than by paging every run of the experiment (MLflow loads each run's params, metrics and tags:
-# 2-7 ms a run). MLflow's filters have no IN on tags and no OR, so a larger set pages.
-BY_ID_UP_TO = 50
+# ---- which trials have finished ---------------------------------------------------------------------------
+# Paging through every finished run costs 2-7 ms a run (MLflow loads each run's params, metrics and tags: 40 s
+# at 10,000 runs), and MLflow's filters have no IN on tags. So each suite invocation leaves on its parent run an
+# index of every finished trial run it knows of: the artifact INDEX_FILE, and the time the lookup behind it
+# began as the metric INDEX_TIME (logged last: an index without it is never read). A lookup reads the newest
+# index and pages only the runs that ended since its time, less INDEX_SLACK_MS (the clocks of the machines that
+# end runs, and a run ended a moment before the index's lookup but stored after it).
+INDEX_FILE = "finished_trials.json"
+INDEX_TIME = "finished_trials.looked_up_at"
+INDEX_SLACK_MS = 15 * 60 * 1000
+
+
+@dataclass
+class Finished:
+    """trial.id -> run id of every FINISHED trial (or encoder) run of an experiment, as of ``looked_up_at`` (ms
+    since the epoch, the driver's clock, before the lookup's first query)."""
+
+    runs: dict[str, str]
+    looked_up_at: int
+
+    def among(self, trial_ids: Iterable[str]) -> dict[str, str]:
+        return {t: self.runs[t] for t in trial_ids if t in self.runs}
+
+
+def find_finished(client: MlflowClient, experiment_id: str, since: Finished | None = None, *,
+                  page_size: int = 1000) -> Finished:
+    """Every finished trial run of the experiment: ``since`` (an earlier lookup of this process) or else the
+    newest index an invocation left, and the runs that ended after it; every run paged through where there is
+    neither, or where a run of the index has been deleted since (its trial may have been trained again)."""
+    now = _now_ms()
+    base = since if since is not None else _newest_index(client, experiment_id)
+    if base is not None and base.runs:
+        gone = {r.info.run_id for r in search_all(client, experiment_id, deleted=True, page_size=page_size)}
+        if gone & set(base.runs.values()):
+            log.info("a run the index of finished trials names was deleted since: paging every finished run")
+            base = None
+    query = "attributes.status = 'FINISHED'"
+    runs: dict[str, str] = {}
+    if base is not None:
+        query += f" and attributes.end_time > {base.looked_up_at - INDEX_SLACK_MS}"
+        runs = dict(base.runs)
+    for r in search_all(client, experiment_id, query, page_size):
+        tid = r.data.tags.get("trial.id")
+        if tid is not None and r.data.tags.get(ROLE) in ("trial", "encoder"):
+            runs.setdefault(tid, r.info.run_id)
+    return Finished(runs, now)
 
 
 def finished_trials(client: MlflowClient, experiment_id: str, trial_ids: Iterable[str] | None = None, *,
-                    page_size: int = 1000, by_id_up_to: int = BY_ID_UP_TO) -> dict[str, str]:
+                    page_size: int = 1000) -> dict[str, str]:
     """trial.id -> run id of every FINISHED trial (or encoder) run of the experiment (only those of
-    ``trial_ids`` when given): each id by its own query when there are at most ``by_id_up_to``, else page by
-    page through every finished run. Both ways read every page MLflow returns, so nothing is missed."""
-    wanted = set(trial_ids) if trial_ids is not None else None
-    if wanted is not None and len(wanted) <= by_id_up_to and all(_ID.fullmatch(t) for t in wanted):
-        out: dict[str, str] = {}
-        for tid in sorted(wanted):
-            out |= _finished_runs(client, experiment_id, f"tags.`trial.id` = '{tid}' and attributes.status = "
-                                  "'FINISHED'", page_size, {tid})
-        return out
-    return _finished_runs(client, experiment_id, "attributes.status = 'FINISHED'", page_size, wanted)
+    ``trial_ids`` when given), by :func:`find_finished`."""
+    found = find_finished(client, experiment_id, page_size=page_size)
+    return found.runs if trial_ids is None else found.among(trial_ids)
 
 
-_ID = re.compile(r"[\w.-]+")   # an id that can stand in a filter string's quotes as it is
+def write_index(client: MlflowClient, parent_run_id: str, finished: Finished) -> None:
+    """Leave ``finished`` on an invocation's parent run for the next lookup (:data:`INDEX_FILE`, then
+    :data:`INDEX_TIME`)."""
+    client.log_dict(parent_run_id, finished.runs, INDEX_FILE)
+    client.log_metric(parent_run_id, INDEX_TIME, float(finished.looked_up_at))
 
 
-def _finished_runs(client: MlflowClient, experiment_id: str, query: str, page_size: int,
-                   wanted: set[str] | None) -> dict[str, str]:
-    """trial.id -> run id of the trial and encoder runs ``query`` finds (the first of each id MLflow returns)."""
-    out: dict[str, str] = {}
-    for r in search_all(client, experiment_id, query, page_size):
-        tid = r.data.tags.get("trial.id")
-        if tid is not None and r.data.tags.get(ROLE) in ("trial", "encoder") and (wanted is None or tid in wanted):
-            out.setdefault(tid, r.info.run_id)
-    return out
+def _newest_index(client: MlflowClient, experiment_id: str) -> Finished | None:
+    """The index with the newest lookup time among the experiment's suite runs; None where there is none or it
+    cannot be read (then every run is paged through, as without an index)."""
+    newest = client.search_runs([experiment_id], f"tags.`{ROLE}` = 'suite' and metrics.`{INDEX_TIME}` > 0",
+                                order_by=[f"metrics.`{INDEX_TIME}` DESC"], max_results=1)
+    if not newest:
+        return None
+    run = newest[0]
+    try:
+        with tempfile.TemporaryDirectory(prefix="diffpose-index-") as scratch:
+            text = Path(client.download_artifacts(run.info.run_id, INDEX_FILE, scratch)).read_text()
+        runs = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - any store or format error: the lookup pages instead
+        log.warning("the index of finished trials of run %s cannot be read (%s): paging every finished run",
+                    run.info.run_id, e)
+        return None
+    if not (isinstance(runs, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in runs.items())):
+        log.warning("the index of finished trials of run %s is not a JSON object of trial id -> run id: "
+                    "paging every finished run", run.info.run_id)
+        return None
+    return Finished(runs, int(run.data.metrics[INDEX_TIME]))
 
 
 def trial_tags(trial: Trial, parent_run_id: str, tags: dict[str, str]) -> dict[str, str]:

@@ -537,6 +537,16 @@ def test_killed_driver_then_rerun_skips_finished_trials_and_runs_the_rest(loopba
     for tid, before in done_first.items():
         assert runs[tid].info.run_id == before.info.run_id
         assert runs[tid].info.end_time == before.info.end_time, "a finished trial ran again"
+    # The killed invocation left no index of finished trials; the rerun's names both, for the next lookup.
+    from benchmark import tracking
+
+    experiment_id = client.get_experiment_by_name("resume").experiment_id
+    indexed = client.search_runs([experiment_id], f"metrics.`{tracking.INDEX_TIME}` > 0")
+    assert len(indexed) == 1
+    with tempfile.TemporaryDirectory() as scratch:
+        index = json.loads(Path(client.download_artifacts(indexed[0].info.run_id, tracking.INDEX_FILE,
+                                                          scratch)).read_text())
+    assert index == {tid: run.info.run_id for tid, run in runs.items()}
 
 
 def test_bad_suite_fails_before_anything_starts(tmp_path):

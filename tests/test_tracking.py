@@ -30,21 +30,48 @@ def test_finished_trials_reads_every_page_and_only_finished_trial_runs(tmp_path)
         k: expected[k] for k in ("t01", "t02")}
 
 
-def test_finished_trials_by_id_finds_what_paging_finds(tmp_path):
-    """A few ids are looked up one by one; with a page of one run each id's query pages too, and the answer is
-    the paging one's: FINISHED trial and encoder runs only, the same run where an id has two."""
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment_id = tracking.ensure_experiment(client, "by-id", tmp_path / "artifacts")
-    for tid, role, status in [("a", "trial", "FAILED"), ("a", "trial", "FINISHED"), ("b", "trial", "FINISHED"),
-                              ("b", "trial", "FINISHED"), ("c", "encoder", "FINISHED"), ("c", "suite", "FINISHED"),
-                              ("d", "suite", "FINISHED"), ("e", "trial", "KILLED")]:
-        run = client.create_run(experiment_id, tags={tracking.ROLE: role, "trial.id": tid})
-        client.set_terminated(run.info.run_id, status)
-        time.sleep(0.002)   # newest first: c's suite run fills the first page of c's own query
-    wanted = ["a", "b", "c", "d", "e", "absent"]
+def _finished_run(client, experiment_id, tid, role="trial", ended_ms=None):
+    run = client.create_run(experiment_id, tags={tracking.ROLE: role, "trial.id": tid})
+    client.set_terminated(run.info.run_id, "FINISHED", end_time=ended_ms)
+    return run.info.run_id
 
-    paged = tracking.finished_trials(client, experiment_id, wanted, page_size=2, by_id_up_to=0)
-    assert sorted(paged) == ["a", "b", "c"]
-    assert tracking.finished_trials(client, experiment_id, wanted, page_size=1) == paged
-    assert tracking.finished_trials(client, experiment_id, ["b"], page_size=1) == {"b": paged["b"]}
-    assert tracking.finished_trials(client, experiment_id, ["it's"]) == {}     # not an id: pages, finds nothing
+
+def test_a_lookup_reads_the_newest_index_and_pages_only_the_runs_ended_since(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = tracking.ensure_experiment(client, "index", tmp_path / "artifacts")
+    hour_ago = int(time.time() * 1000) - 3_600_000
+    old = _finished_run(client, experiment_id, "old", ended_ms=hour_ago)
+    first = tracking.find_finished(client, experiment_id)           # no index yet: every run paged
+    assert first.runs == {"old": old}
+    for name, runs, at in [("older", {"stale": old}, first.looked_up_at - 1),
+                           ("newest", {"indexed": old}, first.looked_up_at)]:
+        parent = tracking.start_parent_run(client, experiment_id, "suite", name, tmp_path / "s.toml", "0" * 40)
+        tracking.write_index(client, parent, tracking.Finished(runs, at))
+    late = _finished_run(client, experiment_id, "late")                 # ended after the index's lookup
+    unseen = _finished_run(client, experiment_id, "unseen", ended_ms=hour_ago)  # before it, missing from it
+
+    found = tracking.find_finished(client, experiment_id)
+    # the newest index, plus what ended since (less the slack): a run that ended an hour before is not paged
+    assert found.runs == {"indexed": old, "late": late}
+    assert found.looked_up_at >= first.looked_up_at
+    assert tracking.find_finished(client, experiment_id, found).runs == found.runs   # from this process's lookup
+    assert tracking.finished_trials(client, experiment_id, ["late", "absent"]) == {"late": late}
+
+    client.delete_run(old)                     # a run of the index deleted: its trial may have been retrained
+    assert tracking.find_finished(client, experiment_id).runs == {"late": late, "unseen": unseen}
+
+
+def test_an_unreadable_index_means_paging_every_run(tmp_path, caplog):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = tracking.ensure_experiment(client, "bad-index", tmp_path / "artifacts")
+    run = _finished_run(client, experiment_id, "t", ended_ms=int(time.time() * 1000) - 3_600_000)
+    parent = tracking.start_parent_run(client, experiment_id, "suite", "s", tmp_path / "s.toml", "0" * 40)
+    client.log_dict(parent, ["not", "a", "mapping"], tracking.INDEX_FILE)
+    client.log_metric(parent, tracking.INDEX_TIME, float(time.time() * 1000))
+    assert tracking.find_finished(client, experiment_id).runs == {"t": run}
+    assert "not a JSON object of trial id -> run id" in caplog.text
+
+    other = tracking.start_parent_run(client, experiment_id, "suite", "s", tmp_path / "s.toml", "0" * 40)
+    client.log_metric(other, tracking.INDEX_TIME, float(time.time() * 1000 + 1))   # its artifact never written
+    assert tracking.find_finished(client, experiment_id).runs == {"t": run}
+    assert "cannot be read" in caplog.text
