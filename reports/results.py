@@ -15,6 +15,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
+import subprocess
+import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,7 +142,7 @@ def pull_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
     if found is None:
         log.warning("no experiment %r at %s", experiment, tracking_uri)
         return pd.DataFrame({"run_id": pd.Series(dtype="str"), "status": pd.Series(dtype="str")})
-    runs = _runs_frame(list(search_all(client, found.experiment_id)))
+    runs = _pull(client, tracking_uri, found.experiment_id)
     if runs.empty:
         return pd.DataFrame({"run_id": pd.Series(dtype="str"), "status": pd.Series(dtype="str")})
     role = runs.get(tag("diffpose.role"), pd.Series(None, index=runs.index, dtype="object"))
@@ -150,29 +154,83 @@ def pull_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
     return type_params(trials).sort_values("run_id", ignore_index=True)
 
 
-def search_all(client: Any, experiment_id: str, query: str = "", page_size: int = 1000) -> Iterator[Any]:
-    """Every run of the experiment that ``query`` finds (all of them by default), page by page:
-    ``search_runs`` alone stops at its ``max_results``."""
+def search_all(client: Any, experiment_id: str, query: str = "", page_size: int = 1000,
+               deleted: bool = False) -> Iterator[Any]:
+    """Every run of the experiment that ``query`` finds (all of them by default; the deleted ones instead of the
+    active ones with ``deleted``), page by page: ``search_runs`` alone stops at its ``max_results``."""
+    from mlflow.entities import ViewType
+
+    view = ViewType.DELETED_ONLY if deleted else ViewType.ACTIVE_ONLY
     token = None
     while True:
-        page = client.search_runs([experiment_id], filter_string=query, max_results=page_size, page_token=token)
+        page = client.search_runs([experiment_id], filter_string=query, run_view_type=view, max_results=page_size,
+                                  page_token=token)
         yield from page
         token = page.token
         if not token:
             return
 
 
-def _runs_frame(runs: list[Any]) -> pd.DataFrame:
-    """Runs as a DataFrame with MLflow's own column names (run_id, status, artifact_uri, start_time, end_time,
-    params.*, metrics.* with each metric's latest value, tags.*), times as UTC timestamps."""
-    records = []
-    for r in runs:
-        record = {"run_id": r.info.run_id, "status": r.info.status, "artifact_uri": r.info.artifact_uri,
-                  "start_time": r.info.start_time, "end_time": r.info.end_time}
-        record |= {param(k): v for k, v in r.data.params.items()}
-        record |= {metric(k): v for k, v in r.data.metrics.items()}
-        record |= {tag(k): v for k, v in r.data.tags.items()}
-        records.append(record)
+# MLflow builds 2-7 ms of Python objects per run it returns (params, metrics, tags: 56 of the 67 s of a report of
+# 10,000 runs on one core). Past one page, the older runs are split by start time among PULL_WORKERS processes:
+# this one and fresh interpreters (``python -m reports.results``: nothing of the caller's main module runs
+# again), as many as the cores this process may use, at most 4.
+PULL_WORKERS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+
+
+def _pull(client: Any, tracking_uri: str, experiment_id: str, workers: int = PULL_WORKERS,
+          page_size: int = 1000) -> pd.DataFrame:
+    """Every run of the experiment as :func:`_runs_frame`: the newest page here, the runs that started at or
+    before its oldest one in ``workers`` slices of start time, each a half-open interval."""
+    page = client.search_runs([experiment_id], max_results=page_size, order_by=["attributes.start_time DESC"])
+    if not page.token:
+        return _runs_frame([_record(r) for r in page])
+    newest_rest = min(r.info.start_time for r in page)
+    oldest = client.search_runs([experiment_id], max_results=1, order_by=["attributes.start_time ASC"])
+    oldest_start = oldest[0].info.start_time if oldest else newest_rest
+    edges = [oldest_start + (newest_rest + 1 - oldest_start) * i // workers for i in range(workers + 1)]
+    queries = [f"attributes.start_time >= {lo} and attributes.start_time < {hi}"
+               for lo, hi in zip(edges[:-1], edges[1:], strict=True) if hi > lo]
+    if len(queries) > 1:
+        log.info("reading the runs of experiment %s in %d processes", experiment_id, len(queries))
+    records = [_record(r) for r in page if r.info.start_time > newest_rest]
+    with tempfile.TemporaryDirectory(prefix="diffpose-pull-") as scratch:
+        children = []
+        try:
+            for i, query in enumerate(queries[1:]):
+                out, err = Path(scratch, f"{i}.json"), Path(scratch, f"{i}.log")
+                with err.open("wb") as log_file:
+                    children.append((subprocess.Popen([sys.executable, "-m", "reports.results", tracking_uri,
+                                                       experiment_id, query, str(page_size), str(out)],
+                                                      stdout=subprocess.DEVNULL, stderr=log_file), query, out, err))
+            records += [_record(r) for r in search_all(client, experiment_id, queries[0], page_size)]
+            for child, query, out, err in children:
+                if child.wait() != 0:
+                    last = (err.read_text(errors="replace").strip().splitlines() or ["no output"])[-1]
+                    raise ResultsError(f"reading the runs of experiment {experiment_id} with {query!r} failed "
+                                       f"(exit {child.returncode}): {last}")
+                records += json.loads(out.read_text())
+        finally:
+            for child, *_ in children:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+    return _runs_frame(records)
+
+
+def _record(r: Any) -> dict[str, Any]:
+    """One run as a flat record with MLflow's own column names (run_id, status, artifact_uri, start_time,
+    end_time in ms, params.*, metrics.* with each metric's latest value, tags.*)."""
+    record = {"run_id": r.info.run_id, "status": r.info.status, "artifact_uri": r.info.artifact_uri,
+              "start_time": r.info.start_time, "end_time": r.info.end_time}
+    record |= {param(k): v for k, v in r.data.params.items()}
+    record |= {metric(k): v for k, v in r.data.metrics.items()}
+    record |= {tag(k): v for k, v in r.data.tags.items()}
+    return record
+
+
+def _runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Records of :func:`_record` as a DataFrame, times as UTC timestamps."""
     frame = pd.DataFrame.from_records(records)
     for col in ("start_time", "end_time"):
         if col in frame.columns:
@@ -331,3 +389,11 @@ def describe_protocol(proto: dict[str, Any], fields: tuple[str, ...] = PROTOCOL_
         elif f == "aggregate" and v is not None:
             parts.append(f"{v} of hypotheses")
     return ", ".join(parts)
+
+
+if __name__ == "__main__":   # one slice of _pull's runs as JSON records: URI EXPERIMENT_ID QUERY PAGE_SIZE OUT
+    from mlflow.tracking import MlflowClient
+
+    uri, experiment_id, query, size, out_file = sys.argv[1:]
+    slice_records = [_record(r) for r in search_all(MlflowClient(uri), experiment_id, query, int(size))]
+    Path(out_file).write_text(json.dumps(slice_records))

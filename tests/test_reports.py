@@ -594,3 +594,22 @@ def test_runs_are_pulled_page_by_page_and_none_is_missed(tracking):
     exp = client.get_experiment_by_name("demo").experiment_id
     every = {r.info.run_id for r in search_all(client, exp)}
     assert {r.info.run_id for r in search_all(client, exp, page_size=3)} == every and len(every) > 3 * 5
+
+
+def test_a_pull_past_one_page_splits_the_older_runs_among_processes_and_misses_none(tmp_path):
+    """Start times tie at the first page's end and at the slices' edges; each run is read exactly once."""
+    from mlflow.tracking import MlflowClient
+
+    from reports.results import _pull
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("split", artifact_location=str(tmp_path / "artifacts"))
+    starts = [1000, 1000, 1000, 1005, 1010, 1010, 1020, 1030, 1030, 1030, 1041]
+    made = {client.create_run(exp, start_time=t, tags={"i": str(i)}).info.run_id: str(i)
+            for i, t in enumerate(starts)}
+    for workers in (1, 2, 3):   # 3: slices [1000, 1010), [1010, 1020), [1020, 1031) after the page to 1030
+        frame = _pull(client, uri, exp, workers=workers, page_size=4)
+        assert len(frame) == len(made)
+        assert dict(zip(frame["run_id"], frame["tags.i"], strict=True)) == made
+    assert len(_pull(client, uri, exp, workers=2, page_size=20)) == len(made)   # one page: no split
