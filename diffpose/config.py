@@ -209,7 +209,7 @@ class Config:
         """A new Config with dotted-key ``changes`` applied. Changing ``model.lifter`` (``encoder.lifter``)
         resets what has per-lifter defaults (architecture and training recipe; the encoder's section) to the
         new lifter's, except keys given in ``changes`` too."""
-        merged = _flatten_dict(self.to_dict())
+        merged = self._dotted()
         flat_changes = _flatten_dict(_nest(changes, source))
         new_lifter = flat_changes.get("model.lifter", self.model.lifter)
         if new_lifter != self.model.lifter:
@@ -239,13 +239,17 @@ class Config:
         out = {}
         for name, cls in _SECTIONS.items():
             section = getattr(self, name)
-            values = ((k, getattr(section, k)) for k in _fields(cls))
-            out[name] = {k: list(v) if isinstance(v, tuple | list) else v for k, v in values}
+            out[name] = {k: list(v) if isinstance(v, (tuple, list)) else v  # (tuple, list): a union is slower
+                         for k in _fields(cls) for v in (getattr(section, k),)}
         return out
 
     def flatten(self) -> dict[str, Any]:
         """Dotted keys -> values (tuples joined by commas), the MLflow params and report columns."""
-        return {k: ",".join(v) if isinstance(v, list) else v for k, v in _flatten_dict(self.to_dict()).items()}
+        return {k: ",".join(v) if isinstance(v, list) else v for k, v in self._dotted().items()}
+
+    def _dotted(self) -> dict[str, Any]:
+        """:meth:`to_dict` with dotted keys (``train.lr``), in the same order."""
+        return {dotted: values[k] for name, values in self.to_dict().items() for k, dotted in _keys(name)}
 
     def to_toml(self) -> str:
         lines = []
@@ -529,13 +533,15 @@ def _nest(d: dict[str, Any], source: str) -> dict[str, Any]:
     """Merge dotted keys ("train.lr") into nested tables; deep-copies tables."""
     out: dict[str, Any] = {}
     for key, value in d.items():
-        parts = key.split(".")
+        *parents, leaf = key.split(".")
         node = out
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
+        for p in parents:
+            if p not in node:
+                node[p] = node = {}
+                continue
+            node = node[p]
             if not isinstance(node, dict):
                 raise ConfigError(f"{source}: {key!r} conflicts with a non-table value")
-        leaf = parts[-1]
         if isinstance(value, dict):
             node.setdefault(leaf, {})
             node[leaf].update(_nest(value, source))
@@ -560,6 +566,12 @@ def _fields(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+@functools.cache
+def _keys(section: str) -> tuple[tuple[str, str], ...]:
+    """A section's (field name, dotted key) pairs, in order."""
+    return tuple((k, f"{section}.{k}") for k in _fields(_SECTIONS[section]))
+
+
 def _build(cls: type, given: dict[str, Any], section: str, source: str) -> Any:
     hints = _fields(cls)
     names = hints.keys()
@@ -567,7 +579,11 @@ def _build(cls: type, given: dict[str, Any], section: str, source: str) -> Any:
     for key, value in given.items():
         if key not in names:
             raise ConfigError(f"{source}: unknown key {section}.{key} (known: {', '.join(sorted(names))})")
-        kwargs[key] = _coerce(value, hints[key], f"{section}.{key}", source)
+        hint = hints[key]
+        if type(value) is hint and (hint is not float or math.isfinite(value)):
+            kwargs[key] = value  # of the field's type already: every value of a Config being overridden
+        else:
+            kwargs[key] = _coerce(value, hint, f"{section}.{key}", source)
     return cls(**kwargs)
 
 
