@@ -170,33 +170,35 @@ class Suite:
         out: dict[str, Trial] = {}
         for key, ds in self.datasets.items():
             for seed in self.seeds:
+                built: dict[str, Config] = {}  # by variant: one build of a config that several trials use
                 for variant in self.variants:
-                    t = self._variant_trial(ds, variant, seed)
+                    t = self._variant_trial(ds, variant, seed, built)
                     out.setdefault(t.id, t)
-                full = self._config(ds, "full", {}, seed)
+                full = self._config(ds, "full", {}, seed, built)
+                full_flat = full.flatten()
                 for axis, values in self.axes.items():
                     key_ = AXES[axis]
                     for x in values:
                         name = f"{axis}={x}"
                         if axis in INFERENCE_AXES:
-                            if full.flatten()[key_] == x:
+                            if full_flat[key_] == x:
                                 continue  # that is full itself
                             self._check_eval(full, {key_: x}, f"axes.{axis}")
                             t = Trial(dataset=key, variant=name, axis=axis, value=str(x), seed=seed, config=full,
                                       eval_overrides={key_: x})
                         else:
-                            cfg = self._config(ds, name, {key_: x}, seed)
+                            cfg = self._config(ds, name, {key_: x}, seed, built)
                             t = Trial(dataset=key, variant=name, axis=axis, value=str(x), seed=seed, config=cfg)
                         out.setdefault(t.id, t)  # the first name wins: "full" over "kernels=3"
         return list(out.values())
 
-    def _variant_trial(self, ds: DatasetSpec, variant: str, seed: int) -> Trial:
+    def _variant_trial(self, ds: DatasetSpec, variant: str, seed: int, built: dict[str, Config]) -> Trial:
         axis, value, overrides = VARIANTS[variant]
         parent = EVALUATES.get(variant)
         if parent is None:
-            cfg = self._config(ds, variant, overrides, seed)
+            cfg = self._config(ds, variant, overrides, seed, built)
             return Trial(dataset=ds.key, variant=variant, axis=axis, value=value, seed=seed, config=cfg)
-        cfg = self._config(ds, parent, VARIANTS[parent][2], seed)
+        cfg = self._config(ds, parent, VARIANTS[parent][2], seed, built)
         changes = merge({k: v for k, v in overrides.items() if k in EVALUATION_KEYS},
                         self.variant_overrides.get(variant, {}))
         self._check_eval(cfg, changes, f"variant.{variant}")
@@ -229,18 +231,23 @@ class Suite:
                     out.setdefault(trial.id, trial)
         return list(out.values())
 
-    def _config(self, ds: DatasetSpec, variant: str, overrides: dict[str, Any], seed: int) -> Config:
+    def _config(self, ds: DatasetSpec, variant: str, overrides: dict[str, Any], seed: int,
+                built: dict[str, Config]) -> Config:
         """The trial's config: [base] and the dataset's set (for every training, its encoder's too), then the
-        variant and the suite's overrides for it, then the store, seed and threads."""
+        variant and the suite's overrides for it, then the store, seed and threads. ``built`` holds the
+        configs of ``ds`` and ``seed`` built so far, by variant (a variant's name stands for its overrides)."""
+        if variant in built:
+            return built[variant]
         where = f"{self.file}: variant {variant!r} on dataset {ds.key!r}"
         shared = merge(self.base, ds.overrides)
         changes = merge(shared, encoder_follows(shared), overrides,
                         self.variant_overrides.get(variant.split("=")[0], {}),
                         {"data.store": str(ds.store), "train.seed": seed, "train.threads": max(1, int(self.cpu))})
         try:
-            return Config().override(changes, source=where)
+            built[variant] = Config().override(changes, source=where)
         except ConfigError as e:
             raise SuiteError(str(e)) from None
+        return built[variant]
 
 
 _SUITE_KEYS = {"name", "description", "datasets", "variants", "seeds", "max_failures"}
