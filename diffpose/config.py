@@ -16,6 +16,7 @@ import re
 import tomllib
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,22 +235,26 @@ class Config:
 
     # ---- views ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Section -> key -> value (tuples as lists), by the field names resolved once per section: the values
-        are immutable, so nothing is deep-copied (``dataclasses.asdict`` was most of a suite's expansion)."""
+        """Section -> key -> value (tuples as lists)."""
+        flat = self._dotted()
+        return {name: {k: flat[dotted] for k, dotted in _keys(name)} for name in _SECTIONS}
+
+    def flatten(self, sections: Iterable[str] | None = None) -> dict[str, Any]:
+        """Dotted keys -> values (tuples joined by commas), the MLflow params and report columns; of
+        ``sections`` only where given."""
+        return {k: ",".join(v) if isinstance(v, list) else v for k, v in self._dotted(sections).items()}
+
+    def _dotted(self, sections: Iterable[str] | None = None) -> dict[str, Any]:
+        """Dotted key (``train.lr``) -> value (tuples as lists) in field order, of ``sections`` only where given:
+        a walk over the field names resolved once per section. The values are immutable, so nothing is
+        deep-copied (``dataclasses.asdict`` was most of a suite's expansion)."""
         out = {}
-        for name, cls in _SECTIONS.items():
+        for name in _SECTIONS if sections is None else sections:
             section = getattr(self, name)
-            out[name] = {k: list(v) if isinstance(v, (tuple, list)) else v  # (tuple, list): a union is slower
-                         for k in _fields(cls) for v in (getattr(section, k),)}
+            for k, dotted in _keys(name):
+                v = getattr(section, k)
+                out[dotted] = list(v) if isinstance(v, (tuple, list)) else v  # (tuple, list): a union is slower
         return out
-
-    def flatten(self) -> dict[str, Any]:
-        """Dotted keys -> values (tuples joined by commas), the MLflow params and report columns."""
-        return {k: ",".join(v) if isinstance(v, list) else v for k, v in self._dotted().items()}
-
-    def _dotted(self) -> dict[str, Any]:
-        """:meth:`to_dict` with dotted keys (``train.lr``), in the same order."""
-        return {dotted: values[k] for name, values in self.to_dict().items() for k, dotted in _keys(name)}
 
     def to_toml(self) -> str:
         lines = []
@@ -264,9 +269,10 @@ class Config:
         keys (``MACHINE_KEYS``: the store's path, the device, threads) and the sections the lifter does not use,
         with the store's content fingerprint, and the convergence rule of a training that stops by it. Two
         trainings of one identity are one training (a baseline and an encoder included)."""
-        unused = () if self.uses_encoder else ("encoder.",)
-        unused += () if self.model.lifter == "diffpose" else ("diffusion.",)
-        flat = {k: v for k, v in self.flatten().items() if k not in MACHINE_KEYS and not k.startswith(unused)}
+        unused = () if self.uses_encoder else ("encoder",)
+        unused += () if self.model.lifter == "diffpose" else ("diffusion",)
+        used = [s for s in _SECTIONS if s not in unused]
+        flat = {k: v for k, v in self.flatten(used).items() if k not in MACHINE_KEYS}
         if self.train.stop_at_convergence:  # where it stops depends on the rule
             flat["train.convergence_rule"] = convergence.RULE
         blob = json.dumps({"config": flat, "store": fingerprint}, sort_keys=True, separators=(",", ":"))
