@@ -188,7 +188,7 @@ class Config:
         nested = _nest(d, source)
         lifter = nested.get("model", {}).get("lifter", Model.lifter)
         encoder_lifter = nested.get("encoder", {}).get("lifter", Encoder.lifter)
-        defaults = _nest({**LIFTER_DEFAULTS.get(lifter, {}), **encoder_defaults(encoder_lifter)}, "defaults")
+        defaults = _lifter_defaults(lifter, encoder_lifter)
         sections = {}
         for f in dataclasses.fields(cls):
             given = nested.pop(f.name, {})
@@ -570,6 +570,14 @@ def _flatten_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _fields(cls: type) -> dict[str, Any]:
     """A section's field names and their resolved type hints (resolving them is the slow part of a build)."""
     return typing.get_type_hints(cls)
+
+
+@functools.cache
+def _lifter_defaults(lifter: str, encoder_lifter: str) -> types.MappingProxyType:
+    """Section -> key -> default of a DiffPose or baseline ``lifter`` with an ``encoder_lifter``, read-only
+    (``LIFTER_DEFAULTS`` and :func:`encoder_defaults` are constants)."""
+    nested = _nest({**LIFTER_DEFAULTS.get(lifter, {}), **encoder_defaults(encoder_lifter)}, "defaults")
+    return types.MappingProxyType({k: types.MappingProxyType(v) for k, v in nested.items()})
 
 
 @functools.cache
