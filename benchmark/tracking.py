@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from benchmark.suite import Trial
 from diffpose.metrics import CALIBRATION_LEVELS
 from diffpose.train import FitResult
-from reports.results import search_all
+from reports.results import local_path, search_all
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ class TrialRun:
                                             max_results=10)
         if found:
             run = sorted(found, key=lambda r: r.info.start_time)[0]
-            self.run_id = run.info.run_id
+            self.run_id, self.artifact_uri = run.info.run_id, run.info.artifact_uri
             self.finished = run.info.status == "FINISHED"
             self.metrics = dict(run.data.metrics)
             if not self.finished:
@@ -202,7 +202,7 @@ class TrialRun:
         else:
             run = self.client.create_run(experiment_id, run_name=trial.name,
                                          tags=trial_tags(trial, parent_run_id, tags))
-            self.run_id = run.info.run_id
+            self.run_id, self.artifact_uri = run.info.run_id, run.info.artifact_uri
             self.finished = False
             self.metrics = {}
             params = trial_params(trial, extra_params)
@@ -225,17 +225,27 @@ class TrialRun:
         self.client.log_batch(self.run_id, metrics=epoch_metrics(record, _now_ms()))
         self.logged_epochs = epoch
 
-    def log_final(self, metrics: dict[str, float], artifacts: list[Path]) -> None:
+    def log_final(self, metrics: dict[str, float], artifacts: list[Path], checkpoint: Path | None = None) -> None:
+        """The final metrics and artifacts; the trained weights (``checkpoint``, in the trainings' cache) by
+        reference where the run's artifacts are local files (the cache and the artifacts share the results'
+        storage: a copy would only double it), else uploaded as an artifact."""
         now = _now_ms()
         items = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
         for i in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[i:i + 500])
+        if checkpoint is not None and local_path(self.artifact_uri) is not None:
+            self.set_tags({CHECKPOINT_TAG: str(Path(checkpoint).resolve())})
+        elif checkpoint is not None:
+            artifacts = [*artifacts, checkpoint]
         for path in artifacts:
             self.client.log_artifact(self.run_id, str(path))
         self.metrics = metrics
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+CHECKPOINT_TAG = "checkpoint"   # the absolute path of a run's trained weights, where they are not an artifact
 
 
 def _now_ms() -> int:

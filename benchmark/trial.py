@@ -112,8 +112,8 @@ def run_trial(spec: dict[str, Any]) -> None:
         writer.writerow(["action", "p1", "p2", "frames"])
         for action, m in test["per_action"].items():
             writer.writerow([action, f"{m['p1']:.3f}", f"{m['p2']:.3f}", m["frames"]])
-    run.log_final(metrics, [out_dir / "config.toml", out_dir / "per_action.csv", predictions,
-                            result.best_checkpoint])
+    run.log_final(metrics, [out_dir / "config.toml", out_dir / "per_action.csv", predictions],
+                  checkpoint=result.best_checkpoint)
     # the learning curve as one tag; an evaluation logs no epochs of the training it evaluates: an empty curve
     run.set_tags(curve_tag([] if trial.eval_only else [h["val_p1"] for h in result.history]))
     run.finish()

@@ -28,6 +28,7 @@ from reports.results import (
     SCHEMA_VERSION,
     column,
     finished_trials,
+    local_path,
     param,
     parquet_meta,
     pull_runs,
@@ -109,15 +110,9 @@ def build_report_from_parquet(parquet: Path, out_dir: Path, *, figures: bool = T
 
 def local_artifact(run: pd.Series, name: str = "predictions.npz") -> Path | None:
     """``<artifact_uri>/<name>`` when the artifact store is a local directory."""
-    uri = run.get("artifact_uri")
-    if not isinstance(uri, str) or not uri:
-        return None
-    if uri.startswith("file://"):
-        uri = uri[len("file://"):]
-    elif "://" in uri:
-        return None
-    path = Path(uri) / name
-    return path if path.exists() else None
+    root = local_path(run.get("artifact_uri"))
+    path = root / name if root is not None else None
+    return path if path is not None and path.exists() else None
 
 
 def _mlflow_artifacts(tracking_uri: str, scratch: Path) -> ArtifactFinder:
@@ -125,7 +120,7 @@ def _mlflow_artifacts(tracking_uri: str, scratch: Path) -> ArtifactFinder:
 
     def find(run: pd.Series) -> Path | None:
         uri = run.get("artifact_uri")
-        if not isinstance(uri, str) or uri.startswith("file://") or "://" not in uri:
+        if not isinstance(uri, str) or not uri or local_path(uri) is not None:
             return local_artifact(run)
         import mlflow
 

@@ -16,9 +16,11 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,6 +154,19 @@ def pull_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
     trials = trials.drop(columns=[c for c in ("experiment_id",) if c in trials.columns]).reset_index(drop=True)
     trials[CURVE] = learning_curves(tracking_uri, trials)
     return type_params(trials).sort_values("run_id", ignore_index=True)
+
+
+def local_path(artifact_uri: str | None) -> Path | None:
+    """The directory of a local artifact store's URI (a path, ``file:`` or ``file://``); None for any other
+    store (``mlflow-artifacts:/...`` of a server that proxies artifacts has no ``//``)."""
+    if not isinstance(artifact_uri, str) or not artifact_uri:
+        return None
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", artifact_uri)
+    if scheme is None:
+        return Path(artifact_uri)
+    if scheme.group(1).lower() != "file":
+        return None
+    return Path(urllib.parse.unquote(urllib.parse.urlparse(artifact_uri).path))
 
 
 def search_all(client: Any, experiment_id: str, query: str = "", page_size: int = 1000,

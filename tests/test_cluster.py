@@ -408,8 +408,10 @@ def test_suite_on_two_nodes_logs_one_finished_run_per_trial_to_a_server(cluster,
         assert {"test_p1", "test_p2", "test_p1_frames", "params", "flops_per_pose",
                 "best_val_p1"} <= set(metrics)
 
-        assert {"config.toml", "per_action.csv", "predictions.npz"} <= {
+        # a server's artifact store: the weights uploaded, as nothing else there would name them
+        assert {"config.toml", "per_action.csv", "predictions.npz", "best.pt"} <= {
             a.path for a in client.list_artifacts(run.info.run_id)}
+        assert "checkpoint" not in tags
         local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "artifacts" / tid)))
         assert Config.from_toml(local / "config.toml").hash() == t.eval_config.hash()
         with open(local / "per_action.csv", newline="") as f:
@@ -537,6 +539,10 @@ def test_killed_driver_then_rerun_skips_finished_trials_and_runs_the_rest(loopba
     for tid, before in done_first.items():
         assert runs[tid].info.run_id == before.info.run_id
         assert runs[tid].info.end_time == before.info.end_time, "a finished trial ran again"
+    for run in runs.values():   # local artifacts: the weights by reference to the trainings' cache, not copied
+        assert Path(run.data.tags["checkpoint"]).is_file()
+        assert Path(run.data.tags["checkpoint"]).is_relative_to((results / "trainings").resolve())
+        assert "best.pt" not in {a.path for a in client.list_artifacts(run.info.run_id)}
     # The killed invocation left no index of finished trials; the rerun's names both, for the next lookup.
     from benchmark import tracking
 

@@ -613,3 +613,14 @@ def test_a_pull_past_one_page_splits_the_older_runs_among_processes_and_misses_n
         assert len(frame) == len(made)
         assert dict(zip(frame["run_id"], frame["tags.i"], strict=True)) == made
     assert len(_pull(client, uri, exp, workers=2, page_size=20)) == len(made)   # one page: no split
+
+
+def test_only_a_path_or_a_file_uri_is_a_local_artifact_store():
+    from reports.results import local_path
+
+    assert local_path("/r/artifacts/1/abc/artifacts") == Path("/r/artifacts/1/abc/artifacts")
+    assert local_path("file:///r/my%20runs/artifacts") == Path("/r/my runs/artifacts")
+    assert local_path("file:/r/a") == Path("/r/a") and local_path("results/artifacts") == Path("results/artifacts")
+    # a server that proxies artifacts: no "//", still not a path (its predictions are downloaded)
+    for remote in ("mlflow-artifacts:/0/abc/artifacts", "s3://bucket/k", "http://127.0.0.1:5000/x", "", None):
+        assert local_path(remote) is None
