@@ -160,3 +160,23 @@ def test_epoch_is_deterministic_for_a_seed_and_covers_rows(store):
     assert run(0) == run(0) and run(0) != run(1)
     seen = sum(run(0), [])
     assert len(seen) == len(set(seen)) == (len(rows) // 8) * 8
+
+
+def test_a_store_is_read_once_while_its_files_stay_the_same(tmp_path, info):
+    rng = np.random.default_rng(5)
+    clips = [make_clip("A", "Walk 1", 0, 6, rng), make_clip("B", "Sit 2", 0, 5, rng), make_clip("C", "x", 0, 4, rng)]
+    write_store(info, clips, tmp_path / "s", default_val=("B",))
+    first = PoseStore.open(tmp_path / "s")
+    assert PoseStore.open(tmp_path / "s").pose_3d is first.pose_3d             # kept: not read again
+    via_link = tmp_path / "link"
+    via_link.symlink_to(tmp_path / "s")
+    linked = PoseStore.open(via_link)
+    assert linked.pose_3d is first.pose_3d and linked.path == via_link          # the caller's path, same arrays
+
+    write_store(info, clips[:2] + [make_clip("C", "x", 0, 9, rng)], tmp_path / "s", default_val=("B",))
+    again = PoseStore.open(tmp_path / "s")                                      # prepared again: read again
+    assert len(again) == len(first) + 5 and again.meta["fingerprint"] != first.meta["fingerprint"]
+
+    write_store(info, clips, tmp_path / "t", default_val=("B",))
+    PoseStore.open(tmp_path / "t")                                              # another store: the last kept
+    assert PoseStore.open(tmp_path / "s").pose_3d is not again.pose_3d

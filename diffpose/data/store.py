@@ -17,6 +17,7 @@ Columns (J = 17, M = GMM kernels; 2D in VideoPose3D's normalised screen units, s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -340,6 +341,9 @@ def store_meta(path: str | Path) -> dict:
     return meta
 
 
+_LAST_OPENED: dict[tuple, PoseStore] = {}   # PoseStore.open's: at most one store
+
+
 @dataclass(frozen=True)
 class PoseStore:
     """A store loaded into memory as numpy arrays (N rows)."""
@@ -364,8 +368,20 @@ class PoseStore:
 
     @classmethod
     def open(cls, path: str | Path) -> PoseStore:
+        """The store at ``path``, read once per process while its files stay the same: the last store opened
+        is kept (a trial's evaluation reads the store its training read; a Ray worker reused for the next
+        trial reads it again). Nothing writes into a store's arrays."""
         path = Path(path)
         meta = store_meta(path)
+        try:
+            stat = (path / POSES_FILE).stat()
+        except OSError as e:
+            raise DataError(path / POSES_FILE, f"unreadable ({e.strerror or e}); prepare the store again") from e
+        key = (str(path.resolve()), meta["fingerprint"], stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        kept = _LAST_OPENED.get(key)
+        if kept is not None:
+            return kept if kept.path == path else dataclasses.replace(kept, path=path, meta=meta)
+        _LAST_OPENED.clear()   # the kept store's memory is freed before another is read
         cols = ["subject", "action", "action_class", "camera", "frame", "clip", "valid",
                 "pose_2d", "gmm_2d", "pose_3d"]
         try:
@@ -373,9 +389,11 @@ class PoseStore:
         except (OSError, pa.ArrowException) as e:
             raise DataError(path / POSES_FILE, f"unreadable ({e}); prepare the store again") from e
         try:
-            return cls._from_table(path, meta, table)
+            store = cls._from_table(path, meta, table)
         except (pa.ArrowException, ValueError, AttributeError, TypeError) as e:
             raise DataError(path / POSES_FILE, f"does not match meta.json ({e}); prepare the store again") from e
+        _LAST_OPENED[key] = store
+        return store
 
     @classmethod
     def _from_table(cls, path: Path, meta: dict, table: pa.Table) -> PoseStore:
