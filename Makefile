@@ -51,8 +51,8 @@ prepare: $(STORES)/mocap17/meta.json ## Prepare the store of the shipped mocap s
 bench: setup $(STORES)/mocap17/meta.json ## Speed and memory benchmarks on DEVICE (default: the loop's pick) -> bench.json
 	$(BIN)/diffpose-bench bench --store $(STORES)/mocap17 --out bench.json --device $(DEVICE)
 
-bench-scale: setup ## Report, finished-trial lookup and suite expansion on a synthetic store of 10,000 runs -> bench_scale.json
-	$(BIN)/python -m benchmark.scale --results $(RESULTS)/scale --out bench_scale.json
+bench-scale: setup $(STORES)/mocap17/meta.json ## Report, trial lookup, suite expansion at 10,000 runs; per-trial overhead -> bench_scale.json
+	$(LOOPBACK) $(BIN)/python -m benchmark.scale --results $(RESULTS)/scale --store $(STORES)/mocap17 --out bench_scale.json
 
 gpu-check: setup $(STORES)/mocap17/meta.json ## On a CUDA machine (<= 5 min): CUDA tests, an autocast epoch of DiffPose full and refiner, bench -> RESULTS/gpu_check.json
 	$(BIN)/python -m benchmark.gpu_check --store $(STORES)/mocap17 --out $(RESULTS)/gpu_check.json

@@ -18,6 +18,9 @@ Measured, each in its own process where memory is measured (peak RSS by ``os.wai
   scheduling (:func:`benchmark.tracking.find_finished`, from the index the build's invocation left);
 - ``expansion``: :func:`benchmark.suite.load_suite` of a ``--expand``-trial suite (default 2,000) and its trial
   ids with the encoders, as the runner expands a suite;
+- ``per_trial_overhead``: a suite of 12 one-epoch trials on ``--store`` run by the runner on a local Ray (start
+  it in a loopback-only network namespace): Tune's time per trial less the training's own, and the suite's wall
+  time per trial;
 - the figures of ``scale_figures`` stay in ``<results>/report/scale_figures/figures`` for looking at.
 
     python -m benchmark.scale --results results/scale --out results/scale/bench_scale.json
@@ -278,10 +281,57 @@ def expansion(suite_file: Path) -> dict[str, Any]:
             "trials_seconds": t[2] - t[1], "ids_seconds": t[3] - t[2]}
 
 
-def _child(results: Path, what: str, suite_file: Path, *args: str) -> dict[str, Any]:
+OVERHEAD_SUITE = """# Synthetic (benchmark/scale.py): per-trial overhead. Twelve one-epoch trials on a sparse subset.
+[suite]
+name = "overhead"
+description = "the scale benchmark's per-trial overhead: trials that do almost nothing"
+datasets = ["mocap17"]
+variants = ["mean_pose", "simple_baseline"]
+seeds = [0, 1, 2, 3, 4, 5]
+max_failures = 0
+
+[resources]
+cpu = 1
+gpu = 0
+
+[datasets.mocap17]
+store = "{store}"
+
+[base]
+data.train_stride = 64
+data.eval_stride = 64
+train.epochs = 1
+"""
+
+
+def overhead(results: Path, store: Path) -> dict[str, Any]:
+    """Per-trial fixed cost: :data:`OVERHEAD_SUITE` run by the runner on a local Ray in a scratch results folder
+    (under ``results``, removed after): Tune's time per trial less its training's own (epochs with their
+    validation), and the suite's wall time per trial (worker start-up and Tune's stages included)."""
+    from benchmark.runner import run_suite
+
+    with tempfile.TemporaryDirectory(prefix="overhead-", dir=results) as scratch:
+        suite_file = Path(scratch) / "overhead.toml"
+        suite_file.write_text(OVERHEAD_SUITE.format(store=store.resolve()))
+        summary = run_suite(suite_file, Path(scratch) / "results", verbose=0)
+        client = MlflowClient(summary.tracking_uri)
+        runs = client.search_runs([summary.experiment_id], f"tags.`{tracking.ROLE}` = 'trial'", max_results=100)
+        train = sum(r.data.metrics["train_seconds"] for r in runs)
+        import ray
+
+        ray.shutdown()
+    n = len(runs)
+    return {"trials": n, "done": summary.done, "slots": summary.slots, "wall_seconds": summary.wall_seconds,
+            "trial_seconds": summary.trial_seconds, "train_seconds": train,
+            "overhead_per_trial_seconds": (summary.trial_seconds - train) / max(n, 1),
+            "wall_per_trial_seconds": summary.wall_seconds / max(n, 1), "stage_seconds": summary.stage_seconds,
+            "scheduling_efficiency": summary.efficiency}
+
+
+def _child(results: Path, what: str, *args: str) -> dict[str, Any]:
     """Run measurement ``what`` of this module in a fresh interpreter; its JSON result and the process's cost."""
-    run = measured([sys.executable, "-m", "benchmark.scale", "--results", str(results), "--child", what,
-                    "--suite", str(suite_file), *args], results / f"{what}.log")
+    run = measured([sys.executable, "-m", "benchmark.scale", "--results", str(results), "--child", what, *args],
+                   results / f"{what}.log")
     if run["returncode"] != 0:
         raise RuntimeError(f"{run['command']} failed (exit {run['returncode']})")
     return json.loads(run["stdout"].strip().splitlines()[-1]) | {
@@ -322,7 +372,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--figure-seeds", type=int, default=100, help="seeds of the 'scale_figures' experiment")
     p.add_argument("--expand", type=int, default=2_000, help="trials of the suite whose expansion is timed")
     p.add_argument("--poses", type=int, default=2_000, help="test poses in each predictions.npz")
-    p.add_argument("--child", choices=("lookup", "expansion"), help=argparse.SUPPRESS)
+    p.add_argument("--store", type=Path, default=Path("stores/mocap17"),
+                   help="the prepared mocap17 store the per-trial overhead suite trains on")
+    p.add_argument("--child", choices=("lookup", "expansion", "overhead"), help=argparse.SUPPRESS)
     p.add_argument("--suite", type=Path, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -337,6 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.child == "expansion":
         print(json.dumps(expansion(args.suite)))
         return 0
+    if args.child == "overhead":
+        logging.basicConfig(level=logging.WARNING)
+        print(json.dumps(overhead(results, args.store)))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     started = machine()
@@ -350,19 +406,23 @@ def main(argv: list[str] | None = None) -> int:
     for b in builds:
         log.info("%s: %d runs (%d logged now, %.0f s)", b["experiment"], b["trials"], b["logged_now"],
                  b["build_seconds"])
-    found = _child(results, "lookup", big, "--trials", str(args.trials))
+    found = _child(results, "lookup", "--suite", str(big), "--trials", str(args.trials))
     checks = [_check(f"finished-trial lookup of a {found['trials']:,}-trial suite", found["seconds"],
                      LOOKUP_LIMIT_S, "s", found=found["found"], trials=found["trials"])]
     if found["found"] != found["trials"]:
         checks[-1]["pass"] = False
         log.error("lookup found %d of %d finished trials", found["found"], found["trials"])
-    grown = _child(results, "expansion", wide)
+    grown = _child(results, "expansion", "--suite", str(wide))
     checks.append(_check(f"expansion of a {grown['trials']:,}-trial suite", grown["seconds"], EXPANSION_LIMIT_S,
                          "s", **{k: round(v, 3) if isinstance(v, float) else v for k, v in grown.items()
                                  if k != "seconds"}))
     checks += report(uri, results, small, builds[1]["trials"]) + report(uri, results, big, builds[0]["trials"])
+    cost = _child(results, "overhead", "--store", str(args.store))
+    log.info("per-trial overhead: %.2f s over its training (Tune's time); %.2f s of the suite's wall per trial",
+             cost["overhead_per_trial_seconds"], cost["wall_per_trial_seconds"])
     figures = results / "report" / "scale_figures" / "figures"
     out = {"machine": started, "load_average_at_end": os.getloadavg(), "builds": builds, "checks": checks,
+           "per_trial_overhead": cost,
            "passed": all(c["pass"] for c in checks), "figures": sorted(str(p) for p in figures.glob("*.png")),
            "tracking_uri": uri}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -124,3 +124,23 @@ def test_no_figure_grows_with_the_seeds(many_seeds):
     for name, axes in many.items():
         for (entries, drawn), (entries3, drawn3) in zip(axes, three[name], strict=True):
             assert entries == entries3 and drawn <= drawn3, name
+
+
+def test_a_build_leaves_the_index_its_lookup_reads_and_a_rebuild_logs_nothing(tmp_path):
+    """The synthetic store is built as the runner would log it: its lookup finds every trial by the index the
+    build's invocation left, and an interrupted or repeated build logs only what is missing."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    suite_file = scale.write_suite(tmp_path / "suite.toml", "tiny", 2, tmp_path / "store")
+    suite = load_suite(suite_file, check_data=False)
+    first = scale.build_experiment(uri, tmp_path, suite, 20, 8)
+    assert first["logged_now"] == 20
+    again = scale.build_experiment(uri, tmp_path, suite, 24, 8)
+    assert again["logged_now"] == 4 and again["trials"] == 24
+    found = scale.lookup(uri, suite_file, 24)
+    assert found["found"] == found["trials"] == 24
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tiny").experiment_id
+    indexed = client.search_runs([exp], f"metrics.`{tracking.INDEX_TIME}` > 0")
+    assert len(indexed) == 2   # one per build, as one per suite invocation
