@@ -268,15 +268,25 @@ class Config:
         """What a training computes, wherever it runs: ``<lifter>-<hash>`` of the config without its machine
         keys (``MACHINE_KEYS``: the store's path, the device, threads) and the sections the lifter does not use,
         with the store's content fingerprint, and the convergence rule of a training that stops by it. Two
-        trainings of one identity are one training (a baseline and an encoder included)."""
-        unused = () if self.uses_encoder else ("encoder",)
-        unused += () if self.model.lifter == "diffpose" else ("diffusion",)
-        used = [s for s in _SECTIONS if s not in unused]
-        flat = {k: v for k, v in self.flatten(used).items() if k not in MACHINE_KEYS}
-        if self.train.stop_at_convergence:  # where it stops depends on the rule
-            flat["train.convergence_rule"] = convergence.RULE
-        blob = json.dumps({"config": flat, "store": fingerprint}, sort_keys=True, separators=(",", ":"))
-        return f"{self.model.lifter}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+        trainings of one identity are one training (a baseline and an encoder included). Computed once per
+        fingerprint: a suite asks it of each config several times (its trials, their encoders, their ids)."""
+        known = self._identities
+        if fingerprint not in known:
+            unused = () if self.uses_encoder else ("encoder",)
+            unused += () if self.model.lifter == "diffpose" else ("diffusion",)
+            used = [s for s in _SECTIONS if s not in unused]
+            flat = {k: v for k, v in self.flatten(used).items() if k not in MACHINE_KEYS}
+            if self.train.stop_at_convergence:  # where it stops depends on the rule
+                flat["train.convergence_rule"] = convergence.RULE
+            blob = json.dumps({"config": flat, "store": fingerprint}, sort_keys=True, separators=(",", ":"))
+            known[fingerprint] = f"{self.model.lifter}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+        return known[fingerprint]
+
+    @functools.cached_property
+    def _identities(self) -> dict[str, str]:
+        """:meth:`identity` by store fingerprint, as computed so far. It cannot go stale: a Config and its
+        sections are frozen, their values immutable, and a changed config is a new object."""
+        return {}
 
     @property
     def uses_encoder(self) -> bool:

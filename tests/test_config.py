@@ -1,4 +1,5 @@
 import dataclasses
+import pickle
 import tomllib
 
 import pytest
@@ -93,6 +94,18 @@ def test_identity_leaves_out_the_machine_and_the_sections_a_lifter_does_not_use(
     assert full.override({"encoder.lr": 5e-4}).identity("a") != full.identity("a")
     no_context = full.override({"diffusion.context": False})
     assert no_context.override({"encoder.lr": 5e-4}).identity("a") == no_context.identity("a")
+
+
+def test_identity_is_pinned_and_each_config_keeps_its_own():
+    # Ids of finished trainings in users' MLflow stores: change them only with what a training computes.
+    cfg = Config()
+    assert cfg.identity("fp") == "diffpose-b6962baaacd8d478"
+    assert Config().override({"model.lifter": "graformer"}).identity("fp") == "graformer-9fa6f0ca5278107b"
+    assert cfg.identity("fp") == Config().identity("fp") and cfg.identity("other") != cfg.identity("fp")
+    # identity is computed once per config and fingerprint: a config built from this one is a new object
+    changed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=5e-4))
+    assert changed.identity("fp") == cfg.override({"train.lr": 5e-4}).identity("fp") != cfg.identity("fp")
+    assert pickle.loads(pickle.dumps(cfg)).identity("fp") == cfg.identity("fp")
 
 
 def test_variants_that_evaluate_another_change_evaluation_keys_only():
