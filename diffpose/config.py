@@ -186,8 +186,12 @@ class Config:
         """Build from nested ``{"train": {"lr": 1e-3}}`` and/or dotted ``{"train.lr": 1e-3}`` keys. Keys not
         given take the published defaults of the lifter (``LIFTER_DEFAULTS``) and of the encoder's lifter."""
         nested = _nest(d, source)
-        lifter = nested.get("model", {}).get("lifter", Model.lifter)
-        encoder_lifter = nested.get("encoder", {}).get("lifter", Encoder.lifter)
+        for name in ("model", "encoder"):   # read for their lifters before the sections are built
+            if not isinstance(nested.get(name, {}), dict):
+                raise ConfigError(f"{source}: [{name}] must be a table, got {type(nested[name]).__name__}")
+        lifter = _lifter_name(nested.get("model", {}).get("lifter", Model.lifter), "model.lifter", source)
+        encoder_lifter = _lifter_name(nested.get("encoder", {}).get("lifter", Encoder.lifter), "encoder.lifter",
+                                      source)
         defaults = _lifter_defaults(lifter, encoder_lifter)
         sections = {}
         for f in dataclasses.fields(cls):
@@ -212,7 +216,7 @@ class Config:
         new lifter's, except keys given in ``changes`` too."""
         merged = self._dotted()
         flat_changes = _flatten_dict(_nest(changes, source))
-        new_lifter = flat_changes.get("model.lifter", self.model.lifter)
+        new_lifter = _lifter_name(flat_changes.get("model.lifter", self.model.lifter), "model.lifter", source)
         if new_lifter != self.model.lifter:
             reset = set(LIFTER_DEFAULTS.get(self.model.lifter, {})) | set(LIFTER_DEFAULTS.get(new_lifter, {}))
             merged = {k: v for k, v in merged.items() if k not in reset}
@@ -580,6 +584,14 @@ def _flatten_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _fields(cls: type) -> dict[str, Any]:
     """A section's field names and their resolved type hints (resolving them is the slow part of a build)."""
     return typing.get_type_hints(cls)
+
+
+def _lifter_name(value: Any, key: str, source: str) -> str:
+    """A lifter's name as given, checked to be a string before it is looked up (its validity is checked with
+    the rest of the config)."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{source}: {key} must be a string (a lifter's name), got {type(value).__name__}")
+    return value
 
 
 @functools.cache

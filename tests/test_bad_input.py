@@ -260,7 +260,8 @@ def test_evaluate_out_unwritable(checkpoint, capsys):
     one_line(*run(capsys, "evaluate", checkpoint, "--out", "/sys/diffpose.json"), "/sys/diffpose.json")
 
 
-@pytest.mark.parametrize("kind", ["directory", "binary", "missing", "not toml"])
+@pytest.mark.parametrize("kind", ["directory", "binary", "missing", "not toml", "a section not a table",
+                                  "a lifter not a name"])
 def test_train_config_file(tmp_path, capsys, kind):
     cfg = tmp_path / "c.toml"
     if kind == "directory":
@@ -269,6 +270,10 @@ def test_train_config_file(tmp_path, capsys, kind):
         cfg.write_bytes(bytes(range(256)))
     elif kind == "not toml":
         cfg.write_text("[train\n")
+    elif kind == "a section not a table":
+        cfg.write_text("model = 3\n")
+    elif kind == "a lifter not a name":
+        cfg.write_text('[encoder]\nlifter = ["graformer"]\n')
     out = tmp_path / "out"
     one_line(*run(capsys, "train", "--config", cfg, "--out", out), str(cfg))
     assert not out.exists()
@@ -283,6 +288,9 @@ def test_train_config_file(tmp_path, capsys, kind):
     ("data.train_subjects=S9", "data.train_subjects"),
     ("data.test_subjects=S42", "data.test_subjects"),
     ("train.epochs=0", "train.epochs"),
+    ("model=3", "[model]"),
+    ("encoder=x", "[encoder]"),
+    ("model.lifter=[1]", "model.lifter"),
 ])
 def test_train_bad_setting(store, tmp_path, capsys, setting, key):
     out = tmp_path / "out"
