@@ -181,11 +181,13 @@ class Suite:
                     for x in values:
                         name = f"{axis}={x}"
                         if axis in INFERENCE_AXES:
-                            if full_flat[key_] == x:
+                            extra = self.variant_overrides.get(axis, {})   # [variant.<axis>]: every value's
+                            if full_flat[key_] == x and not extra:
                                 continue  # that is full itself
-                            self._check_eval(full, {key_: x}, f"axes.{axis}")
+                            changes = merge(extra, {key_: x})
+                            self._check_eval(full, changes, f"variant.{axis}" if extra else f"axes.{axis}")
                             t = Trial(dataset=key, variant=name, axis=axis, value=str(x), seed=seed, config=full,
-                                      eval_overrides={key_: x})
+                                      eval_overrides=changes)
                         else:
                             cfg = self._config(ds, name, {key_: x}, seed, built)
                             t = Trial(dataset=key, variant=name, axis=axis, value=str(x), seed=seed, config=cfg)

@@ -241,6 +241,19 @@ def test_an_axis_value_equal_to_full_is_not_a_second_trial(tmp_path, fake_store)
     assert variants.count("full") == 1 and f"steps={Config().diffusion.steps}" not in variants
 
 
+def test_an_inference_axis_takes_its_variant_table_for_every_value(tmp_path, fake_store):
+    """[variant.steps] applies to each K of the steps axis (evaluation keys only); it used to be dropped."""
+    k = Config().diffusion.steps
+    text = _suite_text(fake_store).replace("steps = [2]", f"steps = [2, {k}]")
+    text += "\n[variant.steps]\ndiffusion.eta = 0.5\n"
+    trials = {t.variant: t for t in load_suite(_write(tmp_path, text)).trials()}
+    assert trials["steps=2"].eval_overrides == {"diffusion.eta": 0.5, "diffusion.steps": 2}
+    assert trials[f"steps={k}"].eval_overrides == {"diffusion.eta": 0.5, "diffusion.steps": k}  # not full: eta
+    bad = _write(tmp_path, text.replace("diffusion.eta = 0.5", "train.lr = 0.5"), "bad.toml")
+    with pytest.raises(SuiteError, match=r"variant\.steps: train\.lr changes the training"):
+        load_suite(bad)
+
+
 def test_deploy_manifests_parse():
     yaml = pytest.importorskip("yaml")
     cluster = yaml.safe_load((REPO / "deploy" / "ray-cluster.yaml").read_text())
