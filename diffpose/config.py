@@ -275,7 +275,8 @@ class Config:
         trainings of one identity are one training (a baseline and an encoder included). Computed once per
         fingerprint: a suite asks it of each config several times (its trials, their encoders, their ids)."""
         known = self._identities
-        if fingerprint not in known:
+        key = (fingerprint, convergence.RULE)   # everything it depends on besides the frozen fields
+        if key not in known:
             unused = () if self.uses_encoder else ("encoder",)
             unused += () if self.model.lifter == "diffpose" else ("diffusion",)
             used = [s for s in _SECTIONS if s not in unused]
@@ -283,13 +284,13 @@ class Config:
             if self.train.stop_at_convergence:  # where it stops depends on the rule
                 flat["train.convergence_rule"] = convergence.RULE
             blob = json.dumps({"config": flat, "store": fingerprint}, sort_keys=True, separators=(",", ":"))
-            known[fingerprint] = f"{self.model.lifter}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
-        return known[fingerprint]
+            known[key] = f"{self.model.lifter}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+        return known[key]
 
     @functools.cached_property
-    def _identities(self) -> dict[str, str]:
-        """:meth:`identity` by store fingerprint, as computed so far. It cannot go stale: a Config and its
-        sections are frozen, their values immutable, and a changed config is a new object."""
+    def _identities(self) -> dict[tuple[str, str], str]:
+        """:meth:`identity` by store fingerprint and convergence rule, as computed so far. It cannot go stale:
+        a Config and its sections are frozen, their values immutable, and a changed config is a new object."""
         return {}
 
     @property
