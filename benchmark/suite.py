@@ -30,6 +30,9 @@ Example::
 
     [variant.graformer]   # overrides for one variant, on top of base
     train.lr = 2e-3
+
+    [variant.steps]       # or for every value of an axis (evaluation keys only for steps and hypotheses)
+    diffusion.eta = 0.5
 """
 
 from __future__ import annotations
