@@ -124,14 +124,6 @@ def find_finished(client: MlflowClient, experiment_id: str, since: Finished | No
     return Finished(runs, now)
 
 
-def finished_trials(client: MlflowClient, experiment_id: str, trial_ids: Iterable[str] | None = None, *,
-                    page_size: int = 1000) -> dict[str, str]:
-    """trial.id -> run id of every FINISHED trial (or encoder) run of the experiment (only those of
-    ``trial_ids`` when given), by :func:`find_finished`."""
-    found = find_finished(client, experiment_id, page_size=page_size)
-    return found.runs if trial_ids is None else found.among(trial_ids)
-
-
 def write_index(client: MlflowClient, parent_run_id: str, finished: Finished) -> None:
     """Leave ``finished`` on an invocation's parent run for the next lookup (:data:`INDEX_FILE`, then
     :data:`INDEX_TIME`)."""

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from benchmark import tracking
 
 
-def test_finished_trials_reads_every_page_and_only_finished_trial_runs(tmp_path):
+def test_a_lookup_without_an_index_reads_every_page_and_only_finished_trial_runs(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment_id = tracking.ensure_experiment(client, "paging", tmp_path / "artifacts")
     expected = {}
@@ -24,9 +24,9 @@ def test_finished_trials_reads_every_page_and_only_finished_trial_runs(tmp_path)
     client.set_terminated(suite.info.run_id, "FINISHED")
 
     assert len(expected) == 8
-    assert tracking.finished_trials(client, experiment_id, page_size=3) == expected     # 4 pages of 3 runs
+    assert tracking.find_finished(client, experiment_id, page_size=3).runs == expected     # 4 pages of 3 runs
     wanted = ["t01", "t02", "t04", "absent"]
-    assert tracking.finished_trials(client, experiment_id, wanted, page_size=2) == {
+    assert tracking.find_finished(client, experiment_id, page_size=2).among(wanted) == {
         k: expected[k] for k in ("t01", "t02")}
 
 
@@ -55,7 +55,7 @@ def test_a_lookup_reads_the_newest_index_and_pages_only_the_runs_ended_since(tmp
     assert found.runs == {"indexed": old, "late": late}
     assert found.looked_up_at >= first.looked_up_at
     assert tracking.find_finished(client, experiment_id, found).runs == found.runs   # from this process's lookup
-    assert tracking.finished_trials(client, experiment_id, ["late", "absent"]) == {"late": late}
+    assert found.among(["late", "absent"]) == {"late": late}
 
     client.delete_run(old)                     # a run of the index deleted: its trial may have been retrained
     assert tracking.find_finished(client, experiment_id).runs == {"late": late, "unseen": unseen}
