@@ -456,7 +456,7 @@ def test_report_writes_tables_figures_and_documents(demo_report):
     out = demo_report.out_dir
     assert demo_report.runs == 22 and demo_report.ok
     assert {"comparison_mocap17", "comparison_h36m", "ablation_gmm", "ablation_steps", "ablation_mode",
-            "ablation_hypotheses", "reliability", "cost"} == set(demo_report.tables)
+            "ablation_hypotheses", "reliability", "claims", "cost"} == set(demo_report.tables)
     for name in demo_report.tables:
         for ext in ("tex", "md", "csv"):
             assert (out / "tables" / f"{name}.{ext}").stat().st_size > 0
@@ -498,6 +498,63 @@ def test_reliability_table_compares_each_method_with_diffpose_at_the_same_n(demo
     assert mc.cells["d_es"].mean > 5.0 and mc.cells["p_es"].mean is not None
     assert full.cells["cal"].rank == 1 and mc.cells["cal"].rank == 2
     assert "ablation_probabilistic" not in demo_tables[0]
+
+
+def test_claims_table_tests_each_claim_paired_over_seeds_and_marks_unconverged_rows(demo_tables):
+    table = demo_tables[0]["claims"]
+    gmm = _row(table, "GMM-based forward diffusion lowers the error")
+    assert gmm.cells["delta"].mean == pytest.approx(2.75)
+    assert gmm.cells["p"].mean == pytest.approx(stats.ttest_rel([43.0, 44.5], [40.0, 42.0]).pvalue)
+    assert gmm.cells["verdict"].text == "not shown" and NOT_CONVERGED in gmm.marks  # p = 0.058
+    k1 = _row(table, "More diffusion steps K lower the error (K = 1 against 10)")
+    assert k1.cells["p"].mean == pytest.approx(stats.ttest_rel([48.0, 49.0], [40.0, 42.0]).pvalue)  # 0.042
+    assert k1.cells["verdict"].text == "yes" and not k1.marks
+    encoder = "DiffPose beats its own context encoder (GraFormer)"
+    mocap, h36m = _row(table, encoder, panel="mocap17").cells, _row(table, encoder, panel="Human3.6M").cells
+    assert mocap["other"].text == "GraFormer" and mocap["delta"].mean == pytest.approx(4.5)
+    assert h36m["delta"].mean == pytest.approx(5.0) and h36m["verdict"].text.startswith("untested: identical")
+    mc = _row(table, "DiffPose's hypotheses have a lower energy score than GraFormer (mc dropout)'s (N = 5)")
+    assert mc.cells["delta"].mean > 5.0 and mc.cells["pairs"].text == "2"
+    # the same calibration error on both seeds: no variance, no p-value, and the row says why
+    cal = _row(table, "DiffPose's hypotheses have a lower calibration error than GraFormer (mc dropout)'s (N = 5)")
+    assert cal.cells["verdict"].text.startswith("untested: identical differences")
+    assert "| yes |" in to_markdown(table) and "scipy.stats.ttest_rel" in to_markdown(table)
+
+
+def _claim_runs(p1: dict[str, tuple[float, ...]]) -> pd.DataFrame:
+    """Finished runs as the results store holds them: one per (variant, seed), P1 per seed as given."""
+    spec = {"full": ("full", "diffpose", {}), "no_gmm": ("gmm", "diffpose", {"diffusion.gmm": False}),
+            "no_context": ("context", "diffpose", {"diffusion.context": False}),
+            "steps=20": ("steps", "diffpose", {"diffusion.steps": 20}),
+            "graformer": ("baseline", "graformer", {})}
+    rows = []
+    for variant, values in p1.items():
+        axis, lifter, own = spec[variant]
+        for seed, value in enumerate(values):
+            params = {"trial.variant": variant, "trial.axis": axis, "trial.dataset": "mocap17",
+                      "trial.detector": "synth", "trial.seed": seed, "model.lifter": lifter,
+                      "diffusion.steps": 5, "sample.hypotheses": 1, "encoder.lifter": "graformer", **own}
+            rows.append({**{f"params.{k}": v for k, v in params.items()}, "status": "FINISHED",
+                         "metrics.test_p1": value, "metrics.converged": 1.0, "metrics.epochs_trained": 30.0})
+    return pd.DataFrame(rows)
+
+
+def test_a_claim_the_data_contradicts_is_said_so_and_one_without_pairs_is_untested():
+    from reports.tables.claims import claims_tables, verdict
+
+    runs = _claim_runs({"full": (50.0, 51.0, 52.0), "no_gmm": (45.0, 45.5, 47.2), "no_context": (56.0, 58.0, 57.5),
+                        "steps=20": (50.5, 50.0, 52.8), "graformer": (49.0,)})
+    (table,), warn = claims_tables(runs)
+    cells = {r.label: r.cells for r in table.rows}
+    assert cells["GMM-based forward diffusion lowers the error"]["verdict"].text == "no: the opposite"
+    assert cells["Conditioning on the context encoder lowers the error"]["verdict"].text == "yes"
+    k20 = cells["More diffusion steps K lower the error (K = 20 against 5)"]
+    assert k20["delta"].mean == pytest.approx(0.1) and k20["verdict"].text == "not shown"
+    encoder = cells["DiffPose beats its own context encoder (GraFormer)"]
+    assert encoder["verdict"].text == "untested: 1 paired seed; a paired test needs at least 2"
+    assert not warn and not table.unconverged
+    assert verdict(-2.0, 0.01, -1) == "yes" and verdict(2.0, 0.01, -1) == "no: the opposite"
+    assert verdict(None, None, 1) == "untested" and verdict(1.0, 0.05, 1) == "not shown"
 
 
 def test_calibration_figure_draws_the_diagonal_and_one_line_per_method(demo_frame):

@@ -1,12 +1,14 @@
 """Paper tables from the results store: built as data (:class:`reports.tables.model.Table`) by one module per
-kind (comparison, ablation, reliability, cost) over the run grouping of :mod:`reports.tables.runs` and the
-published numbers of :mod:`reports.tables.published`, rendered by :mod:`reports.tables.render`."""
+kind (comparison, ablation, reliability, the paper's claims, cost) over the run grouping of
+:mod:`reports.tables.runs` and the published numbers of :mod:`reports.tables.published`, rendered by
+:mod:`reports.tables.render`."""
 
 from __future__ import annotations
 
 import pandas as pd
 
 from reports.tables.ablation import ablation_tables
+from reports.tables.claims import claims_tables
 from reports.tables.comparison import comparison_tables
 from reports.tables.cost import cost_table
 from reports.tables.model import Table
@@ -15,11 +17,12 @@ from reports.tables.reliability import reliability_tables
 
 
 def all_tables(runs: pd.DataFrame, published: pd.DataFrame | None = None) -> tuple[list[Table], list[str]]:
-    """Comparison, MPI-INF-3DHP, ablation, reliability and cost tables of the finished trials ``runs``, and the
-    warnings of building them (each once)."""
+    """Comparison, MPI-INF-3DHP, ablation, reliability, claims and cost tables of the finished trials ``runs``,
+    and the warnings of building them (each once)."""
     published = load_published() if published is None else published
     tables, warn = [], []
-    for build in (lambda r: comparison_tables(r, published), ablation_tables, reliability_tables, cost_table):
+    for build in (lambda r: comparison_tables(r, published), ablation_tables, reliability_tables, claims_tables,
+                  cost_table):
         t, w = build(runs)
         tables += t
         warn += w
