@@ -191,8 +191,38 @@ def stop_leftover_ray(record: Path, grace: float = 5.0) -> int:
     return len(left)
 
 
+WALL_EVERY_S = 60.0
+
+
+class WallClock(tune.Callback):
+    """Logs ``wall_seconds`` (since the invocation began) on its suite run at the end of a step of Tune's loop,
+    once a minute has passed since the last log. A driver that is killed (a session's end, a lost head node)
+    runs no ``finally``; the report sums each invocation's last logged wall time, so a study run in pieces
+    still has one. The MLflow client is made where it is used: Tune saves its callbacks with the experiment
+    state."""
+
+    def __init__(self, tracking_uri: str, run_id: str, started: float, every: float = WALL_EVERY_S):
+        self.tracking_uri, self.run_id, self.started, self.every = tracking_uri, run_id, started, every
+        self.logged = time.perf_counter()
+        self._client: MlflowClient | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None}
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.perf_counter() if now is None else now
+        if now - self.logged < self.every:
+            return
+        self._client = self._client or MlflowClient(self.tracking_uri)
+        self._client.log_metric(self.run_id, "wall_seconds", now - self.started)
+        self.logged = now
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        self.tick()
+
+
 def _run_stage(name: str, trials: list[Trial], ctx: dict[str, Any], suite: Suite, res: dict[str, float],
-               storage: str, verbose: int) -> tuple[list[str], float, float]:
+               storage: str, verbose: int, clock: WallClock) -> tuple[list[str], float, float]:
     """One Tuner over ``trials``; returns (failed trial names, sum of trial seconds, wall seconds)."""
     if not trials:
         return [], 0.0, 0.0
@@ -207,7 +237,7 @@ def _run_stage(name: str, trials: list[Trial], ctx: dict[str, Any], suite: Suite
         tune_config=tune.TuneConfig(reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"{suite.name}-{name}-{int(time.time())}", storage_path=storage, verbose=verbose,
-            failure_config=tune.FailureConfig(max_failures=suite.max_failures),
+            failure_config=tune.FailureConfig(max_failures=suite.max_failures), callbacks=[clock],
         ),
     )
     t0 = time.perf_counter()
@@ -266,9 +296,10 @@ def run_suite(
     summary = SuiteSummary(suite=suite.name, trials=len(trials), done=0, skipped=skipped, failed=failed,
                            wall_seconds=0.0, trial_seconds=0.0, slots=slots, tracking_uri=setup.tracking_uri,
                            experiment_id=experiment_id, results_dir=setup.results)
+    clock = WallClock(setup.tracking_uri, parent, t_start)
     try:
         for stage, items in (("stage1", first), ("stage2", second), ("stage3", third)):
-            f, busy, wall = _run_stage(stage, items, ctx, suite, res, storage, verbose)
+            f, busy, wall = _run_stage(stage, items, ctx, suite, res, storage, verbose, clock)
             failed += f
             summary.trial_seconds += busy
             summary.stage_seconds[stage] = wall

@@ -99,7 +99,8 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5, device: torch.device = C
     return 2 * n**3 / _median_seconds(lambda: a @ b, repeats, device=device) / 1e9
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -120,7 +121,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
     elif device.type == "mps":
         info = {"type": "mps", "name": f"Apple MPS ({platform.machine()})", "autocast": None}
     else:
-        info = {"type": "cpu", "name": _cpu_name(), "cpus": len(os.sched_getaffinity(0)), "autocast": None}
+        info = {"type": "cpu", "name": cpu_name(), "cpus": len(os.sched_getaffinity(0)), "autocast": None}
     info["fp32_matmul_peak_gflops"] = matmul_peak_gflops(device=device)
     if device.type == "cuda":
         info["bf16_matmul_peak_gflops"] = matmul_peak_gflops(device=device, dtype=torch.bfloat16)

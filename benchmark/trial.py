@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 from ray import tune
 
+from benchmark.speed import cpu_name
 from benchmark.suite import Trial
 from benchmark.tracking import TrialRun, final_metrics, training_metrics
 from diffpose.data.store import store_meta
@@ -28,10 +31,13 @@ log = logging.getLogger(__name__)
 
 
 def device_tags(cfg_device: str) -> dict[str, str]:
-    """Where a trial runs: its device and its Ray node (the host when Ray is not running)."""
+    """Where a trial runs: its device, its machine (CPU model, the cores this process may use, memory, torch)
+    and its Ray node (the host when Ray is not running)."""
     dev = pick_device(cfg_device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
     tags = {"device": f"{dev.type}:{name}" if dev.type == "cuda" else name, "device.type": dev.type,
+            "host.cpu": cpu_name(), "host.cores": str(len(os.sched_getaffinity(0))),
+            "host.memory_gib": f"{psutil.virtual_memory().total / 2**30:.0f}", "torch.version": torch.__version__,
             "ray.node": socket.gethostname(), "ray.node_ip": socket.gethostname()}
     try:
         import ray

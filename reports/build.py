@@ -28,11 +28,13 @@ from reports.results import (
     SCHEMA_VERSION,
     column,
     finished_trials,
+    invocations,
     local_path,
     param,
     parquet_meta,
     pull_runs,
     read_parquet,
+    tag,
     write_parquet,
 )
 from reports.search import SearchSection, search_sections
@@ -65,6 +67,7 @@ class ReportSummary:
     message: str = ""                                 # set when there was nothing to report
     sections: list[str] = field(default_factory=list)  # search sections (titles)
     unconverged: int = 0                              # finished trials trained short of convergence (†)
+    study: str = ""                                   # wall time over the suite's invocations, machines
 
     @property
     def first_line(self) -> str:
@@ -86,14 +89,15 @@ def build_report(tracking_uri: str, experiment: str, out_dir: Path, *, parquet: 
     out_dir = Path(out_dir)
     parquet = Path(parquet) if parquet is not None else out_dir / "results.parquet"
     frame = pull_runs(tracking_uri, experiment)
-    write_parquet(frame, parquet, experiment=experiment, tracking_uri=tracking_uri)
+    study = {f"study.{k}": v for k, v in invocations(tracking_uri, experiment).items()}
+    write_parquet(frame, parquet, experiment=experiment, tracking_uri=tracking_uri, **study)
     source = f"MLflow experiment '{experiment}' at {tracking_uri}"
     sections = search_sections(tracking_uri, experiment)
     if sections:  # a search's trials are reported by its section: they have no test metrics for the tables
         frame = frame[column(frame, param("trial.axis")) != "search"]
     with tempfile.TemporaryDirectory(prefix="diffpose-report-") as scratch:  # artifacts of a remote store
         find = _mlflow_artifacts(tracking_uri, Path(scratch)) if figures else None
-        return _build(frame, out_dir, parquet, source, find, sections)
+        return _build(frame, out_dir, parquet, source, find, sections, study)
 
 
 def build_report_from_parquet(parquet: Path, out_dir: Path, *, figures: bool = True) -> ReportSummary:
@@ -103,7 +107,8 @@ def build_report_from_parquet(parquet: Path, out_dir: Path, *, figures: bool = T
     meta = parquet_meta(parquet)
     source = (f"MLflow experiment '{meta['experiment']}', read from the results store" if "experiment" in meta
               else "the results store")
-    return _build(frame, Path(out_dir), parquet, source, local_artifact if figures else None)
+    study = {k: v for k, v in meta.items() if k.startswith("study.")}
+    return _build(frame, Path(out_dir), parquet, source, local_artifact if figures else None, study=study)
 
 
 # ---- artifacts ---------------------------------------------------------------------------------------------
@@ -218,8 +223,34 @@ def _plots(runs: pd.DataFrame, find: ArtifactFinder, warn: list[str]) -> list[fi
     return plots
 
 
+def study_text(runs: pd.DataFrame, study: dict[str, str]) -> str:
+    """The suite's wall time over its invocations (``study``: :func:`reports.results.invocations` as
+    ``study.<key>``) and the machines its finished trials ran on (their ``host.*`` tags)."""
+    parts = []
+    if study.get("study.invocations"):
+        n, unlogged = int(study["study.invocations"]), int(study.get("study.unlogged", "0"))
+        hours = float(study.get("study.wall_seconds", "0")) / 3600
+        parts.append(f"Wall time: {hours:.1f} h over {n} invocation{'s' if n > 1 else ''} of the suite"
+                     + (f" ({unlogged} logged none: killed within its first minute, or run by a version that "
+                        "logged it only at the end)" if unlogged else "") + ".")
+    if not runs.empty:
+        keys = [tag(k) for k in ("host.cpu", "host.cores", "host.memory_gib", "torch.version", "device")]
+        described = runs[keys[0]].notna() if keys[0] in runs.columns else pd.Series(False, index=runs.index)
+        machines = []
+        if described.any():
+            cols = runs.loc[described, [k for k in keys if k in runs.columns]].fillna("?").astype(str)
+            for values, group in cols.groupby(list(cols.columns), sort=True):
+                got = dict(zip(cols.columns, values if isinstance(values, tuple) else (values,), strict=True))
+                machines.append(f"{got.get(keys[0])}, {got.get(keys[1], '?')} cores, {got.get(keys[2], '?')} GiB, "
+                                f"torch {got.get(keys[3], '?')}, device {got.get(keys[4], '?')} ({len(group)} runs)")
+        if (~described).any():
+            machines.append(f"not recorded for {int((~described).sum())} runs (logged before trials recorded it)")
+        parts.append("Machines: " + "; ".join(machines) + ".")
+    return " ".join(parts)
+
+
 def _build(frame: pd.DataFrame, out_dir: Path, parquet: Path | None, source: str, find: ArtifactFinder | None,
-           sections: list[SearchSection] | None = None) -> ReportSummary:
+           sections: list[SearchSection] | None = None, study: dict[str, str] | None = None) -> ReportSummary:
     """Tables, and figures unless ``find`` is None, of the finished trials in ``frame``."""
     table_dir, figure_dir = out_dir / "tables", out_dir / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -229,6 +260,7 @@ def _build(frame: pd.DataFrame, out_dir: Path, parquet: Path | None, source: str
     runs, notes = finished_trials(frame)
     summary.warnings += notes
     summary.runs = len(runs)
+    summary.study = study_text(runs, study or {})
     tables: list[Table] = []
     plots: list[figs.Plot] = []
     sections = sections or []
@@ -263,7 +295,8 @@ def _build(frame: pd.DataFrame, out_dir: Path, parquet: Path | None, source: str
 def _header(source: str, summary: ReportSummary) -> str:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     store = f" Results store: {summary.parquet} (schema {SCHEMA_VERSION})." if summary.parquet else ""
-    return f"Source: {source}.{store} {summary.runs} finished trial runs; built {when}."
+    return f"Source: {source}.{store} {summary.runs} finished trial runs; built {when}." + \
+        (f" {summary.study}" if summary.study else "")
 
 
 def _write_markdown(out_dir: Path, source: str, summary: ReportSummary, tables: list[Table],

@@ -156,6 +156,24 @@ def pull_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
     return type_params(trials).sort_values("run_id", ignore_index=True)
 
 
+def invocations(tracking_uri: str, experiment: str) -> dict[str, str]:
+    """How long the experiment's suite ran, over its invocations (a study runs in pieces): ``invocations`` (suite
+    runs), ``wall_seconds`` (the sum of each one's last logged wall time: the driver logs it once a minute and
+    when it ends) and ``unlogged`` (invocations that logged none). Strings, as a results store's metadata."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return {}
+    suites = list(search_all(client, found.experiment_id, "tags.`diffpose.role` = 'suite'"))
+    if not suites:
+        return {}
+    walls = [r.data.metrics.get("wall_seconds") for r in suites]
+    return {"invocations": str(len(suites)), "wall_seconds": f"{sum(w for w in walls if w is not None):.0f}",
+            "unlogged": str(sum(w is None for w in walls))}
+
+
 def local_path(artifact_uri: str | None) -> Path | None:
     """The directory of a local artifact store's URI (a path, ``file:`` or ``file://``); None for any other
     store (``mlflow-artifacts:/...`` of a server that proxies artifacts has no ``//``)."""

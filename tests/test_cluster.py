@@ -405,6 +405,7 @@ def test_suite_on_two_nodes_logs_one_finished_run_per_trial_to_a_server(cluster,
         assert {k: params.get(k) for k in expected} == expected
         assert params["diffusion.steps"] == ("2" if t.variant == "steps=2" else "5")
         assert tags["device.type"] == "cpu" and tags["ray.node"]
+        assert tags["host.cpu"] and int(tags["host.cores"]) >= 1 and tags["torch.version"].startswith("2.")
         assert {"test_p1", "test_p2", "test_p1_frames", "params", "flops_per_pose",
                 "best_val_p1"} <= set(metrics)
 

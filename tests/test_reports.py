@@ -107,6 +107,9 @@ def _log_trial(client, experiment_id: str, parent: str, *, dataset: str, detecto
     tags = {"mlflow.parentRunId": parent, "diffpose.role": "trial", "trial.id": config.hash(),
             "git.commit": "0" * 40, "data.fingerprint": "f" * 16, "device.type": device,
             "ray.node": "127.0.0.1", "device": "cuda:NVIDIA H100" if device == "cuda" else "cpu"}
+    if device == "cuda":  # the machine, as trials tag it (the CPU runs are as older versions logged them)
+        tags |= {"host.cpu": "AMD EPYC 9654", "host.cores": "16", "host.memory_gib": "128",
+                 "torch.version": "2.13.0"}
     run = client.create_run(experiment_id, tags=tags, run_name=f"{dataset}-{variant}-s{seed}")
     now = int(time.time() * 1000)
     logged = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if k not in drop]
@@ -152,7 +155,10 @@ def tracking(tmp_path_factory) -> str:
             _log_trial(client, demo, parent, **h36m, variant=variant, axis=axis,
                        value=variant, seed=seed, overrides=overrides, device="cuda",
                        metrics=_metrics(p1, H36M_ACTIONS, H36M_OFFSETS, config, rng))
+    client.log_metric(parent, "wall_seconds", 5400.0)
     client.set_terminated(parent, "FINISHED")
+    # an invocation killed before it logged its wall time
+    client.set_terminated(client.create_run(demo, tags={"diffpose.role": "suite"}).info.run_id, "KILLED")
 
     messy = client.create_experiment("messy", artifact_location=str(root / "artifacts_messy"))
     parent = client.create_run(messy, tags={"diffpose.role": "suite"}).info.run_id
@@ -471,6 +477,15 @@ def test_report_writes_tables_figures_and_documents(demo_report):
     row = csv[(csv["row"] == "no_gmm") & (csv["column"] == "P1 (mm) ↓")].iloc[0]
     assert row["mean"] == pytest.approx(43.75) and row["std"] == pytest.approx(1.5 / 2 ** 0.5)
     assert row["n"] == 2
+
+
+def test_the_report_gives_the_suites_wall_time_over_its_invocations_and_the_machines(demo_report, tmp_path):
+    header = (demo_report.out_dir / "report.md").read_text().splitlines()[2]
+    assert "Wall time: 1.5 h over 2 invocations of the suite (1 logged none" in header
+    assert ("Machines: AMD EPYC 9654, 16 cores, 128 GiB, torch 2.13.0, device cuda:NVIDIA H100 (4 runs); not "
+            "recorded for 18 runs") in header
+    again = build_report_from_parquet(demo_report.parquet, tmp_path)
+    assert again.study == demo_report.study
 
 
 def test_a_row_short_of_convergence_is_marked_and_the_reports_first_line_says_so(demo_report, demo_tables):

@@ -10,7 +10,7 @@ import time
 
 import psutil
 
-from benchmark.runner import stop_leftover_ray
+from benchmark.runner import WallClock, stop_leftover_ray
 
 
 def _sleeper() -> subprocess.Popen:
@@ -76,3 +76,20 @@ def test_an_unreadable_record_stops_nothing(tmp_path):
     path = tmp_path / "x.json"
     path.write_text("{not json")
     assert stop_leftover_ray(path) == 0
+
+
+def test_the_wall_clock_logs_at_most_once_a_minute_and_is_saved_without_its_client(tmp_path):
+    """A killed driver runs no ``finally``: its suite run keeps the wall time the clock last logged."""
+    from mlflow import MlflowClient
+    from ray import cloudpickle
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("x")).info.run_id
+    clock = WallClock(uri, run, started=100.0, every=60.0)
+    clock.logged = 100.0
+    for now in (130.0, 161.0, 200.0, 221.5):
+        clock.tick(now)
+    assert [m.value for m in client.get_metric_history(run, "wall_seconds")] == [61.0, 121.5]
+    saved = cloudpickle.loads(cloudpickle.dumps(clock))  # as Tune saves its callbacks with the experiment
+    assert saved._client is None and (saved.run_id, saved.logged) == (run, 221.5)
