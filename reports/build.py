@@ -229,8 +229,9 @@ def study_text(runs: pd.DataFrame, study: dict[str, str]) -> str:
     parts = []
     if study.get("study.invocations"):
         n, unlogged = int(study["study.invocations"]), int(study.get("study.unlogged", "0"))
-        hours = float(study.get("study.wall_seconds", "0")) / 3600
-        parts.append(f"Wall time: {hours:.1f} h over {n} invocation{'s' if n > 1 else ''} of the suite"
+        seconds = float(study.get("study.wall_seconds", "0"))
+        wall = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+        parts.append(f"Wall time: {wall} over {n} invocation{'s' if n > 1 else ''} of the suite"
                      + (f" ({unlogged} logged none: killed within its first minute, or run by a version that "
                         "logged it only at the end)" if unlogged else "") + ".")
     if not runs.empty:
