@@ -3,9 +3,10 @@ every driver (a suite's, a search's) shares: stores, MLflow experiment, a local 
 
 Stage 1 trains what others depend on or nothing depends on (the shared context encoders and the baselines);
 stage 2 the DiffPose variants, which load the cached encoders; stage 3 evaluates the inference-only variants and
-axis values (K steps, N hypotheses, the probabilistic baselines) on the weights stages 1 and 2 trained. Every
-training lives once in the results' cache (``trainings/<identity>``, diffpose.train.trained), whichever trials
-need it. A trial is identified by its training's identity (the store's content, not its path), its evaluation
+axis values (K steps, N hypotheses, the probabilistic baselines) on the weights stages 1 and 2 trained. A trial
+whose encoder or weights an earlier invocation trained waits for no stage: it runs in stage 1 (:func:`stages`).
+Every training lives once in the results' cache (``trainings/<identity>``, diffpose.train.trained), whichever
+trials need it. A trial is identified by its training's identity (the store's content, not its path), its evaluation
 and its stage; trials FINISHED in MLflow are skipped, so running the suite again after an interruption runs only
 what is missing, and interrupted trainings resume from their last epoch checkpoint.
 
@@ -21,7 +22,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from ray import tune
 from benchmark import tracking
 from benchmark.suite import DatasetSpec, Suite, Trial, load_suite
 from benchmark.trial import run_trial
+from diffpose.config import Config
 from diffpose.data.store import prepare
 from diffpose.train import TRAININGS, is_trained
 
@@ -191,6 +193,26 @@ def stop_leftover_ray(record: Path, grace: float = 5.0) -> int:
     return len(left)
 
 
+def stages(todo: list[Trial], encoders: list[Trial], trained: Callable[[Config], bool]
+           ) -> tuple[list[Trial], list[Trial], list[Trial]]:
+    """The trials of an invocation's three stages, each in order. 1: the context encoders to train, then every
+    trial whose needs are trained (a baseline or a DiffPose without an encoder; a DiffPose whose encoder, a
+    trial whose own weights, an earlier invocation trained); 2: the other DiffPose trainings, on the encoders
+    of stage 1; 3: the other evaluations (inference-only variants and axis values), of the weights of stages 1
+    and 2. ``trained``: whether a config's training is finished in the cache. So a suite run in pieces does
+    not hold back, behind the slowest training of a stage, what an earlier piece made ready."""
+    def ready(t: Trial) -> bool:
+        if trained(t.config):
+            return True
+        return not t.eval_only and (not t.config.uses_encoder or trained(t.config.encoder_config()))
+
+    waits = {t.id: not ready(t) for t in todo}
+    trainings = [t for t in todo if not t.eval_only]
+    evaluations = [t for t in todo if t.eval_only]
+    first = encoders + [t for t in trainings if not waits[t.id]] + [t for t in evaluations if not waits[t.id]]
+    return first, [t for t in trainings if waits[t.id]], [t for t in evaluations if waits[t.id]]
+
+
 WALL_EVERY_S = 60.0
 
 
@@ -280,14 +302,10 @@ def run_suite(
 
     todo_encoders = [e for e in encoders if e.id not in finished and not is_trained(e.config, cache)]
     todo = [t for t in trials if t.id not in finished]
-    # 1: what others wait for or nothing waits for; 2: DiffPose on the encoders; 3: evaluations of weights
-    # that 1 and 2 trained (inference-only variants and axis values).
-    first = todo_encoders + [t for t in todo if t.config.model.lifter != "diffpose" and not t.eval_only]
-    second = [t for t in todo if t.config.model.lifter == "diffpose" and not t.eval_only]
-    third = [t for t in todo if t.eval_only]
+    first, second, third = stages(todo, todo_encoders, lambda cfg: is_trained(cfg, cache))
     skipped = len(trials) - len(todo)
-    log.info("suite %s: %d trials (%d already finished), %d context encoders to train", suite.name,
-             len(trials), skipped, len(todo_encoders))
+    log.info("suite %s: %d trials (%d already finished), %d context encoders to train; stages of %d, %d and %d "
+             "trials", suite.name, len(trials), skipped, len(todo_encoders), len(first), len(second), len(third))
 
     init_ray(address, setup.results)
     res, slots = resources(suite.cpu, suite.gpu)

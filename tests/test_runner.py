@@ -93,3 +93,47 @@ def test_the_wall_clock_logs_at_most_once_a_minute_and_is_saved_without_its_clie
     assert [m.value for m in client.get_metric_history(run, "wall_seconds")] == [61.0, 121.5]
     saved = cloudpickle.loads(cloudpickle.dumps(clock))  # as Tune saves its callbacks with the experiment
     assert saved._client is None and (saved.run_id, saved.logged) == (run, 221.5)
+
+
+def test_a_trial_whose_encoder_or_weights_an_earlier_invocation_trained_waits_for_no_stage(tmp_path, fake_store):
+    from benchmark.runner import stages
+    from benchmark.suite import load_suite
+
+    path = tmp_path / "suite.toml"
+    path.write_text(f"""[suite]
+name = "t"
+datasets = ["mocap17"]
+variants = ["full", "no_context", "no_heatmap_init", "simple_baseline"]
+seeds = [0, 1]
+
+[axes]
+steps = [2]
+
+[datasets.mocap17]
+store = "{fake_store}"
+""")
+    suite = load_suite(path)
+    trials = suite.trials()
+    encoders = suite.encoder_trials(trials)
+    done: set[str] = set()
+
+    def names(ts) -> list[str]:
+        return sorted(t.name.removeprefix("mocap17/") for t in ts)
+
+    def split() -> list[list[str]]:
+        return [names(s) for s in stages(trials, encoders, lambda cfg: cfg.identity("fp") in done)]
+
+    assert names(encoders) == ["encoder:graformer/seed0", "encoder:graformer/seed1"]
+    assert split() == [names(encoders) + ["no_context/seed0", "no_context/seed1", "simple_baseline/seed0",
+                                          "simple_baseline/seed1"],
+                       ["full/seed0", "full/seed1"],
+                       ["no_heatmap_init/seed0", "no_heatmap_init/seed1", "steps=2/seed0", "steps=2/seed1"]]
+    # an earlier invocation trained seed 0's encoder, and seed 1's full DiffPose
+    seed0_encoder = next(e for e in encoders if e.seed == 0)
+    seed1_full = next(t for t in trials if t.variant == "full" and t.seed == 1)
+    done |= {seed0_encoder.config.identity("fp"), seed1_full.config.identity("fp")}
+    first, second, third = split()
+    assert {"full/seed0", "full/seed1", "no_heatmap_init/seed1", "steps=2/seed1"} <= set(first)
+    assert second == [] and third == ["no_heatmap_init/seed0", "steps=2/seed0"]
+    # the encoders come first: stage 2 waits on them
+    assert stages(trials, encoders, lambda cfg: False)[0][:2] == encoders
