@@ -185,8 +185,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
                                                         "--results (or give --tracking-uri)")
     if not experiment_exists(uri, experiment):
         raise DataError(uri, f"no experiment {experiment!r} (nothing of that suite or search has run here)")
+    if args.publish is not None:  # refused before the build, as the publish would refuse it after
+        from reports.build import check_publishable
+
+        check_publishable(args.publish)
     out = _report(uri, experiment, args.results)
     print(f"report written to {out}")
+    if args.publish is not None:
+        from reports.build import publish
+
+        target, assets = publish(out, args.publish)
+        print(f"report published to {target} (figures and tables in {assets})")
     return 0
 
 
@@ -370,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--experiment", help="the MLflow experiment (default: the file's name)")
     rp.add_argument("--results", type=Path, default=Path("results"))
     rp.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else RESULTS/mlflow.db")
+    rp.add_argument("--publish", type=Path, metavar="FILE.md",
+                    help="also copy the report to commit: FILE.md, and its figures and tables in FILE/")
     rp.set_defaults(func=_cmd_report)
 
     be = sub.add_parser("bench", help="speed and memory benchmarks -> JSON")

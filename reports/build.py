@@ -10,12 +10,15 @@ Layout of ``out_dir``::
 
 Nothing is re-run: the report is rebuilt from tracked runs alone. Files a previous build wrote under
 ``tables/`` and ``figures/`` are removed first, so a table that no longer has runs does not linger.
+:func:`publish` copies a built report where it is committed (``diffpose-bench report --publish``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from diffpose.data.source import DataError
 from reports import figures as figs
 from reports.results import (
     SCHEMA_VERSION,
@@ -354,3 +358,69 @@ def _write_latex(out_dir: Path, source: str, summary: ReportSummary, tables: lis
     path = out_dir / "report.tex"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+# ---- publishing a report to commit ---------------------------------------------------------------------------
+
+PUBLISHED = "<!-- written by `diffpose-bench report --publish`: rebuild it with that command, do not edit -->"
+MANIFEST = ".published"  # in the folder of a published report: the mark, then every file written there
+
+
+def _first_line(path: Path) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.readline().rstrip("\n")
+
+
+def check_publishable(target: Path) -> Path:
+    """The folder of ``target``'s figures and tables, once both may be (re)written by :func:`publish`: absent,
+    or written by it with nothing added; else a :class:`DataError` naming the file."""
+    target = Path(target)
+    if target.suffix != ".md":
+        raise DataError(target, "--publish must name a Markdown file (.md)")
+    assets = target.with_suffix("")
+    refuse = "exists and was not written by `diffpose-bench report --publish`; refusing to replace it"
+    if target.exists() and (not target.is_file() or _first_line(target) != PUBLISHED):
+        raise DataError(target, refuse)
+    if assets.exists():
+        manifest = assets / MANIFEST
+        ours = manifest.read_text(encoding="utf-8").splitlines() if manifest.is_file() else []
+        if not assets.is_dir() or (ours[:1] != [PUBLISHED] and any(assets.iterdir())):
+            raise DataError(assets, refuse)
+        foreign = sorted(str(p.relative_to(assets)) for p in assets.rglob("*")
+                         if p.is_file() and p != manifest and str(p.relative_to(assets)) not in ours[1:])
+        if foreign:
+            raise DataError(assets / foreign[0], "was not written by `diffpose-bench report --publish`; refusing "
+                                                 f"to replace {assets}")
+    return assets
+
+
+def publish(report_dir: Path, target: Path) -> list[Path]:
+    """A built report (``report_dir``) copied where it is committed: its report.md as ``target``, its figures and
+    tables in the folder beside it named by ``target``'s stem (``docs/results/mocap17.md`` and
+    ``docs/results/mocap17/``), with the links rewritten to it. What :func:`check_publishable` refuses is
+    refused before anything is written."""
+    report_dir, target = Path(report_dir), Path(target)
+    assets = check_publishable(target)
+    text = (report_dir / "report.md").read_text(encoding="utf-8")
+    text = re.sub(r"\]\((figures|tables)/", lambda m: f"]({assets.name}/{m.group(1)}/", text)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix=f".{assets.name}-", dir=target.parent))
+    try:
+        fresh.chmod(0o755)
+        for sub in ("figures", "tables"):
+            if (report_dir / sub).is_dir():
+                shutil.copytree(report_dir / sub, fresh / sub)
+        written = sorted(str(p.relative_to(fresh)) for p in fresh.rglob("*") if p.is_file())
+        (fresh / MANIFEST).write_text("\n".join([PUBLISHED, *written]) + "\n", encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    if assets.exists():
+        shutil.rmtree(assets)  # every file in it is one this wrote (checked above)
+    fresh.rename(assets)
+    partial = target.with_name(f".{target.name}.partial")
+    partial.write_text(f"{PUBLISHED}\n{text}", encoding="utf-8")
+    partial.replace(target)
+    log.info("published %s to %s and %s", report_dir, target, assets)
+    return [target, assets]
+

@@ -497,6 +497,25 @@ def test_report_of_an_experiment_that_never_ran(tmp_path, capsys):
     assert sorted(p.name for p in results.iterdir()) == before
 
 
+def test_report_published_onto_a_users_file_is_refused_before_the_build(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    results = tmp_path / "results"
+    results.mkdir()
+    MlflowClient(f"sqlite:///{results / 'mlflow.db'}").create_experiment("demo")
+    notes = tmp_path / "notes.md"
+    notes.write_text("# my notes\n")
+    capsys.readouterr()
+    one_line(*run(capsys, "report", "--experiment", "demo", "--results", results, "--publish", notes),
+             str(notes), "not written by")
+    assert notes.read_text() == "# my notes\n" and not (results / "report").exists()
+    one_line(*run(capsys, "report", "--experiment", "demo", "--results", results, "--publish", tmp_path / "x.txt"),
+             "x.txt", ".md")
+    target = tmp_path / "docs" / "demo.md"
+    assert main(["report", "--experiment", "demo", "--results", str(results), "--publish", str(target)]) == 0
+    assert "No finished trial runs" in target.read_text() and (tmp_path / "docs" / "demo" / ".published").is_file()
+
+
 def test_ablate_overrides_not_toml(fake_store, tmp_path, capsys):
     suite = tmp_path / "s.toml"
     suite.write_text(f'[suite]\nname = "s"\nvariants = ["full"]\n\n[datasets.d]\nstore = "{fake_store}"\n')

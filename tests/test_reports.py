@@ -10,6 +10,7 @@ One sqlite MLflow store per module holds three experiments built to RUN_SCHEMA.m
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -618,6 +619,43 @@ def test_a_learning_curve_is_read_from_its_tag_else_from_the_metric_history(tmp_
     curves = {names[r]: list(c) for r, c in zip(frame["run_id"], frame[CURVE], strict=True)}
     assert curves == {"tagged": [50.0, 40.5], "history": [60.0, 55.0, 52.0], "damaged": [70.0, 65.0]}
     assert curve_tag([50.0] * 2000) == {}                                   # too long for a tag: the history
+
+
+def test_a_published_report_links_its_own_copies_and_never_replaces_what_it_did_not_write(demo_report, tmp_path):
+    from diffpose.data.source import DataError
+    from reports.build import MANIFEST, PUBLISHED, publish
+
+    target = tmp_path / "docs" / "results" / "demo.md"
+    assert publish(demo_report.out_dir, target) == [target, tmp_path / "docs" / "results" / "demo"]
+    text = target.read_text()
+    assert text.splitlines()[:2] == [PUBLISHED, "# " + demo_report.first_line]
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert links and all(link.startswith("demo/") and (target.parent / link).is_file() for link in links)
+    assert "demo/figures/learning_curves.png" in links and "demo/tables/claims.csv" in links
+    publish(demo_report.out_dir, target)  # its own files: replaced
+    assert target.read_text() == text
+
+    before = tree(target.parent)
+    (target.parent / "demo" / "figures" / "mine.png").write_bytes(b"a user's figure")
+    with pytest.raises(DataError, match="mine.png: was not written by"):
+        publish(demo_report.out_dir, target)
+    (target.parent / "demo" / "figures" / "mine.png").unlink()
+    assert tree(target.parent) == before
+    notes = tmp_path / "notes.md"
+    notes.write_text("# my notes\n")
+    with pytest.raises(DataError, match="notes.md: exists and was not written"):
+        publish(demo_report.out_dir, notes)
+    theirs = tmp_path / "theirs"
+    (theirs / "figures").mkdir(parents=True)
+    (theirs / "figures" / "plot.png").write_bytes(b"theirs")
+    with pytest.raises(DataError, match="theirs: exists and was not written"):
+        publish(demo_report.out_dir, tmp_path / "theirs.md")
+    assert notes.read_text() == "# my notes\n" and not (tmp_path / "theirs.md").exists()
+    assert (target.parent / "demo" / MANIFEST).read_text().startswith(PUBLISHED)
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def test_report_from_parquet_alone_matches(demo_report, tmp_path):
