@@ -34,6 +34,7 @@ from reports.tables.runs import (
     trial_lifter,
 )
 
+ENCODER_MODEL_KEYS = ("lifter", "hidden", "blocks", "heads", "dropout")  # [encoder] keys of its [model]
 ALPHA = 0.05          # two-sided, per comparison (not corrected for the number of comparisons)
 HOLDS, OPPOSITE, NOT_SHOWN, UNTESTED = "yes", "no: the opposite", "not shown", "untested"
 
@@ -95,10 +96,22 @@ def _comparisons(runs: pd.DataFrame) -> list[Comparison]:
     encoder = column(full, param("encoder.lifter")).dropna().unique()
     if len(encoder) == 1:
         own = runs[(axes == "baseline") & (lifters == encoder[0])]
-        if not own.empty:
+        if not own.empty and _trained_as_encoder(own, full):
             label = run_label(str(variants[own.index[0]]), str(encoder[0]), "baseline")
             out.append(Comparison(f"DiffPose beats its own context encoder ({label})", label, "P1", +1, own, full))
     return out
+
+
+def _trained_as_encoder(baseline: pd.DataFrame, full: pd.DataFrame) -> bool:
+    """Whether the baseline's runs have the architecture and recipe of full's context encoder (its [encoder]
+    keys: the architecture as [model], the recipe as [train]; Config.encoder_config)."""
+    prefix = param("encoder.")
+    for col in [c for c in full.columns if c.startswith(prefix)]:
+        key = col[len(prefix):]
+        own = param(("model." if key in ENCODER_MODEL_KEYS else "train.") + key)
+        if set(column(full, col).dropna().astype(str)) != set(column(baseline, own).dropna().astype(str)):
+            return False
+    return True
 
 
 def _reliability_comparisons(runs: pd.DataFrame) -> list[Comparison]:
