@@ -38,6 +38,7 @@ from reports.tables.model import NOT_CONVERGED, UNVERIFIED, paired_test
 from reports.tables.published import load_published
 from reports.tables.render import tex_escape, to_latex, to_markdown
 from reports.tables.runs import H36M_ACTIONS
+from tests.test_bad_input import tree
 
 MOCAP_TEST = ("Boxing", "Everyday", "Jumping", "Running", "Swordplay", "Walking")
 MOCAP_OFFSETS = np.array([-3.0, -1.0, 0.0, 1.0, 2.0, 1.0])            # sum 0: per-action mean == test_p1
@@ -659,10 +660,6 @@ def test_a_published_report_links_its_own_copies_and_never_replaces_what_it_did_
         publish(demo_report.out_dir, tmp_path / "theirs.md")
     assert notes.read_text() == "# my notes\n" and not (tmp_path / "theirs.md").exists()
     assert (target.parent / "demo" / MANIFEST).read_text().startswith(PUBLISHED)
-
-
-def tree(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def test_report_from_parquet_alone_matches(demo_report, tmp_path):

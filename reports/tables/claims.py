@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from diffpose.config import ENCODER_TRAIN_KEYS
 from reports.results import PROTOCOL_FIELDS, column, describe_protocol, param
 from reports.tables.model import (
     Cell,
@@ -34,7 +35,6 @@ from reports.tables.runs import (
     trial_lifter,
 )
 
-ENCODER_MODEL_KEYS = ("lifter", "hidden", "blocks", "heads", "dropout")  # [encoder] keys of its [model]
 ALPHA = 0.05          # two-sided, per comparison (not corrected for the number of comparisons)
 HOLDS, OPPOSITE, NOT_SHOWN, UNTESTED = "yes", "no: the opposite", "not shown", "untested"
 
@@ -43,17 +43,18 @@ SWITCHES = {"gmm": "GMM-based forward diffusion lowers the error",
             "context": "Conditioning on the context encoder lowers the error",
             "heatmap_init": "The heatmap (2D-uncertainty) initialisation lowers the error"}
 RELIABILITY = {"test_energy_score": "energy score", "test_calibration_error": "calibration error"}
+METRIC_TEXT = {"test_p1": "P1 (mm)", "test_energy_score": "energy score (mm)",
+               "test_calibration_error": "calibration error"}
 
 
 @dataclass(frozen=True)
 class Comparison:
     claim: str
     other: str                 # the compared runs' label
-    metric: str                # metric name, without "test_" shown
     expected: int              # +1: the claim says other − full > 0; -1: < 0
     other_runs: pd.DataFrame
     full_runs: pd.DataFrame
-    unit: str = "mm"
+    metric: str = "test_p1"    # a key of METRIC_TEXT
 
 
 def verdict(delta: float | None, p: float | None, expected: int, reason: str = "") -> str:
@@ -81,7 +82,7 @@ def _comparisons(runs: pd.DataFrame) -> list[Comparison]:
     out: list[Comparison] = []
     for axis, claim in SWITCHES.items():
         for v in sorted(variants[diffpose & (axes == axis)].unique()):
-            out.append(Comparison(claim, run_label(v, "diffpose", axis), "P1", +1, runs[variants == v], full))
+            out.append(Comparison(claim, run_label(v, "diffpose", axis), +1, runs[variants == v], full))
     for axis, key, claim, name in (("steps", "diffusion.steps", "More diffusion steps K lower the error", "K"),
                                    ("hypotheses", "sample.hypotheses",
                                     "More hypotheses N lower the error of the aggregated pose (J-Agg)", "N")):
@@ -92,23 +93,23 @@ def _comparisons(runs: pd.DataFrame) -> list[Comparison]:
             if mine is None or value is None or value == mine:
                 continue
             out.append(Comparison(f"{claim} ({name} = {value:g} against {mine:g})", f"DiffPose, {name} = {value:g}",
-                                  "P1", +1 if value < mine else -1, other, full))
+                                  +1 if value < mine else -1, other, full))
     encoder = column(full, param("encoder.lifter")).dropna().unique()
     if len(encoder) == 1:
         own = runs[(axes == "baseline") & (lifters == encoder[0])]
         if not own.empty and _trained_as_encoder(own, full):
             label = run_label(str(variants[own.index[0]]), str(encoder[0]), "baseline")
-            out.append(Comparison(f"DiffPose beats its own context encoder ({label})", label, "P1", +1, own, full))
+            out.append(Comparison(f"DiffPose beats its own context encoder ({label})", label, +1, own, full))
     return out
 
 
 def _trained_as_encoder(baseline: pd.DataFrame, full: pd.DataFrame) -> bool:
     """Whether the baseline's runs have the architecture and recipe of full's context encoder (its [encoder]
-    keys: the architecture as [model], the recipe as [train]; Config.encoder_config)."""
+    keys: the recipe, ENCODER_TRAIN_KEYS, as [train], the architecture as [model]; Config.encoder_config)."""
     prefix = param("encoder.")
     for col in [c for c in full.columns if c.startswith(prefix)]:
         key = col[len(prefix):]
-        own = param(("model." if key in ENCODER_MODEL_KEYS else "train.") + key)
+        own = param(f"train.{key}" if f"train.{key}" in ENCODER_TRAIN_KEYS else f"model.{key}")
         if set(column(full, col).dropna().astype(str)) != set(column(baseline, own).dropna().astype(str)):
             return False
     return True
@@ -130,8 +131,7 @@ def _reliability_comparisons(runs: pd.DataFrame) -> list[Comparison]:
             label = run_label(v, str(lifters[other.index[0]]), "probabilistic")
             for name, what in RELIABILITY.items():
                 out.append(Comparison(f"DiffPose's hypotheses have a lower {what} than {label}'s (N = {size})",
-                                      f"{label}, N = {size}", name, +1, other, full,
-                                      unit="mm" if name == "test_energy_score" else ""))
+                                      f"{label}, N = {size}", +1, other, full, metric=name))
     return out
 
 
@@ -158,11 +158,8 @@ def claims_tables(runs: pd.DataFrame) -> tuple[list[Table], list[str]]:
             if found:
                 notes.append(f"{label}: {describe_protocol(proto, fields[1:])}.")
             for c in found:
-                metric = c.metric if c.metric == "P1" else RELIABILITY[c.metric]
-                name = "test_p1" if c.metric == "P1" else c.metric
-                test = paired_test(per_seed(c.other_runs, name), per_seed(c.full_runs, name))
-                cells = {"other": Cell(text=c.other),
-                         "metric": Cell(text=metric + (f" ({c.unit})" if c.unit else "")),
+                test = paired_test(per_seed(c.other_runs, c.metric), per_seed(c.full_runs, c.metric))
+                cells = {"other": Cell(text=c.other), "metric": Cell(text=METRIC_TEXT[c.metric]),
                          "delta": Cell(mean=test.delta, std=test.delta_std, n=test.pairs),
                          "pairs": Cell(text=str(test.pairs)),
                          "p": Cell(mean=test.p, n=test.pairs) if test.p is not None else Cell(text="n/a"),
