@@ -38,6 +38,7 @@ from benchmark.trial import run_trial
 from diffpose.config import Config
 from diffpose.data.store import prepare
 from diffpose.train import TRAININGS, is_trained
+from reports.results import SUITE_TRIALS
 
 log = logging.getLogger(__name__)
 
@@ -297,6 +298,8 @@ def run_suite(
     known = tracking.find_finished(client, experiment_id)
     finished = known.among(t.id for t in trials + encoders)
     parent = tracking.start_parent_run(client, experiment_id, "suite", suite.name, suite.file, setup.commit)
+    # the suite as it is now: its report leaves out the runs of trials an edit of the suite has since replaced
+    client.log_dict(parent, sorted(t.id for t in trials), SUITE_TRIALS)
     cache = setup.cache
     ctx = setup.context(parent)
 

@@ -16,6 +16,7 @@ Nothing is re-run: the report is rebuilt from tracked runs alone. Files a previo
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
 import shutil
@@ -262,10 +263,11 @@ def _build(frame: pd.DataFrame, out_dir: Path, parquet: Path | None, source: str
     _clean(table_dir, TABLE_FILES)
     _clean(figure_dir, FIGURE_FILES)
     summary = ReportSummary(out_dir=out_dir, parquet=parquet)
-    runs, notes = finished_trials(frame)
+    study = study or {}
+    runs, notes = finished_trials(frame, json.loads(study["study.trials"]) if "study.trials" in study else None)
     summary.warnings += notes
     summary.runs = len(runs)
-    summary.study = study_text(runs, study or {})
+    summary.study = study_text(runs, study)
     tables: list[Table] = []
     plots: list[figs.Plot] = []
     sections = sections or []

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import urllib.parse
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,10 @@ CURVE = "curve.val_p1"   # the learning curve: validation P1 (mm) per epoch, epo
 # instead of one metric-history request per run. A run without it (older, or too long a curve) is read by history.
 CURVE_TAG = "train.val_p1_curve"
 CURVE_TAG_MAX = 5000     # characters: within every MLflow server's tag length
+# Each suite invocation logs the trial ids of the suite as it is then (a JSON list) on its suite run. The report
+# uses the newest invocation's: a run of a trial the suite has since replaced (a changed config makes a new trial)
+# is not one of its rows.
+SUITE_TRIALS = "suite_trials.json"
 
 # Fields that define an evaluation protocol: rows that differ in one of them never share a ranking silently.
 PROTOCOL_FIELDS = ("dataset", "detector", "frames", "eval_mode", "flip_test", "hypotheses", "aggregate")
@@ -159,7 +163,9 @@ def pull_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
 def invocations(tracking_uri: str, experiment: str) -> dict[str, str]:
     """How long the experiment's suite ran, over its invocations (a study runs in pieces): ``invocations`` (suite
     runs), ``wall_seconds`` (the sum of each one's last logged wall time: the driver logs it once a minute and
-    when it ends) and ``unlogged`` (invocations that logged none). Strings, as a results store's metadata."""
+    when it ends), ``unlogged`` (invocations that logged none), and ``trials``, the newest invocation's trial
+    ids (:data:`SUITE_TRIALS`, as JSON; absent when no invocation logged them). Strings, as a results store's
+    metadata."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -170,8 +176,24 @@ def invocations(tracking_uri: str, experiment: str) -> dict[str, str]:
     if not suites:
         return {}
     walls = [r.data.metrics.get("wall_seconds") for r in suites]
-    return {"invocations": str(len(suites)), "wall_seconds": f"{sum(w for w in walls if w is not None):.0f}",
-            "unlogged": str(sum(w is None for w in walls))}
+    out = {"invocations": str(len(suites)), "wall_seconds": f"{sum(w for w in walls if w is not None):.0f}",
+           "unlogged": str(sum(w is None for w in walls))}
+    trials = _suite_trials(client, max(suites, key=lambda r: r.info.start_time))
+    if trials is not None:
+        out["trials"] = json.dumps(trials)
+    return out
+
+
+def _suite_trials(client: Any, run: Any) -> list[str] | None:
+    """The trial ids ``run`` (a suite invocation) logged, or None: logged by none before this was recorded."""
+    if not any(f.path == SUITE_TRIALS for f in client.list_artifacts(run.info.run_id)):
+        return None
+    with tempfile.TemporaryDirectory(prefix="diffpose-suite-") as scratch:
+        text = Path(client.download_artifacts(run.info.run_id, SUITE_TRIALS, scratch)).read_text()
+    trials = json.loads(text)
+    if not (isinstance(trials, list) and all(isinstance(t, str) for t in trials)):
+        raise ResultsError(f"{SUITE_TRIALS} of suite run {run.info.run_id} is not a JSON list of trial ids")
+    return trials
 
 
 def local_path(artifact_uri: str | None) -> Path | None:
@@ -338,10 +360,11 @@ def read_parquet(path: Path) -> pd.DataFrame:
 
 # ---- selecting what the report may use ---------------------------------------------------------------------
 
-def finished_trials(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+def finished_trials(frame: pd.DataFrame, suite: Collection[str] | None = None) -> tuple[pd.DataFrame, list[str]]:
     """FINISHED trials, one run per ``trial.id`` (the latest), with the messages a reader must see.
 
-    Runs that are not FINISHED and runs without a ``trial.dataset`` param are skipped and counted.
+    Runs that are not FINISHED and runs without a ``trial.dataset`` param are skipped and counted; so are,
+    where ``suite`` gives the trial ids of the suite as it is now, the runs of trials it no longer has.
     """
     notes: list[str] = []
     if frame.empty:
@@ -367,6 +390,14 @@ def finished_trials(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             notes.append(f"{int(dup.sum())} FINISHED runs repeat a trial.id; the latest run of each trial "
                          "is used")
             done = pd.concat([order[keyed][~dup], order[~keyed]]).sort_values("run_id")
+    if suite is not None and tag("trial.id") in done.columns:
+        replaced = done[tag("trial.id")].notna() & ~done[tag("trial.id")].isin(set(suite))
+        if replaced.any():
+            names = sorted(set(column(done, tag("mlflow.runName"), "?")[replaced].fillna("?")))
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            notes.append(f"skipped {int(replaced.sum())} FINISHED runs of trials the suite's latest invocation no "
+                         f"longer has (their config has changed since): {shown}")
+            done = done[~replaced]
     return done.reset_index(drop=True), notes
 
 

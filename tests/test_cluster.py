@@ -554,6 +554,13 @@ def test_killed_driver_then_rerun_skips_finished_trials_and_runs_the_rest(loopba
         index = json.loads(Path(client.download_artifacts(indexed[0].info.run_id, tracking.INDEX_FILE,
                                                           scratch)).read_text())
     assert index == {tid: run.info.run_id for tid, run in runs.items()}
+    # Each invocation, the killed one too, named the suite's trials as they were then: the report keeps those.
+    from reports.results import SUITE_TRIALS
+
+    for suite_run in client.search_runs([experiment_id], "tags.`diffpose.role` = 'suite'"):
+        with tempfile.TemporaryDirectory() as scratch:
+            listed = Path(client.download_artifacts(suite_run.info.run_id, SUITE_TRIALS, scratch)).read_text()
+        assert json.loads(listed) == sorted(runs)
 
 
 def test_bad_suite_fails_before_anything_starts(tmp_path):

@@ -27,6 +27,7 @@ from diffpose.metrics import CALIBRATION_LEVELS
 from reports.build import build_report, build_report_from_parquet
 from reports.results import (
     SCHEMA_VERSION,
+    SUITE_TRIALS,
     ResultsError,
     finished_trials,
     pull_runs,
@@ -489,6 +490,43 @@ def test_the_report_gives_the_suites_wall_time_over_its_invocations_and_the_mach
             "recorded for 18 runs") in header
     again = build_report_from_parquet(demo_report.parquet, tmp_path)
     assert again.study == demo_report.study
+
+
+def test_runs_of_trials_an_edit_of_the_suite_replaced_are_left_out_and_named(tmp_path):
+    """A changed config is a new trial; the old trial's runs stay in MLflow but are not the suite's rows."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    rng = np.random.default_rng(0)
+    exp = client.create_experiment("edited", artifact_location=str(tmp_path / "artifacts"))
+    now = int(time.time() * 1000)
+    first = client.create_run(exp, start_time=now - 60_000, tags={"diffpose.role": "suite"}).info.run_id
+    second = client.create_run(exp, start_time=now, tags={"diffpose.role": "suite"}).info.run_id
+    kept = []
+    for parent, variant, overrides, p1s in ((first, "full", {}, (40.0, 42.0)),
+                                            (first, "no_gmm", {"diffusion.gmm": False}, (70.0, 71.0)),
+                                            (second, "no_gmm", {"diffusion.gmm": False, "train.epochs": 30},
+                                             (43.0, 44.0))):
+        for seed, p1 in enumerate(p1s):
+            run = _log_trial(client, exp, parent, dataset="mocap17", detector="synth", variant=variant,
+                             axis="gmm" if variant == "no_gmm" else "full", value=variant, seed=seed,
+                             overrides=overrides, metrics=_metrics(p1, MOCAP_TEST, MOCAP_OFFSETS, Config(), rng))
+            if p1 < 70.0:
+                kept.append(client.get_run(run).data.tags["trial.id"])
+    client.log_dict(first, [], SUITE_TRIALS)       # an older invocation's list is not the one read
+    client.log_dict(second, kept, SUITE_TRIALS)    # the suite now: full and the edited no_gmm
+    for parent in (first, second):
+        client.set_terminated(parent, "FINISHED")
+
+    report = build_report(uri, "edited", tmp_path / "report")
+    assert report.runs == 4
+    assert ("skipped 2 FINISHED runs of trials the suite's latest invocation no longer has (their config has "
+            "changed since): mocap17-no_gmm-s0, mocap17-no_gmm-s1") in report.warnings
+    gmm = (tmp_path / "report" / "tables" / "ablation_gmm.md").read_text()
+    assert "| no_gmm | no | mocap17 | 2 | <u>43.5</u> ± 0.7 |" in gmm  # the edited trial's runs only
+    again = build_report_from_parquet(report.parquet, tmp_path / "again")
+    assert again.runs == 4 and again.warnings == report.warnings
 
 
 def test_a_row_short_of_convergence_is_marked_and_the_reports_first_line_says_so(demo_report, demo_tables):
