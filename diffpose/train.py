@@ -246,10 +246,12 @@ def is_trained(cfg: Config, cache: str | Path) -> bool:
 def trained(cfg: Config, cache: str | Path, *, on_epoch: Callable[[dict[str, float], Path], None] | None = None,
             progress: bool = True) -> FitResult:
     """The training of ``cfg``, in ``cache/<cfg.identity>``: the one done there before (by any trial, suite or
-    process: a baseline and a context encoder of one config are one training), else trained there now. A file
-    lock makes a second process on a shared cache wait for the first instead of training again.
+    process: a baseline and a context encoder of one config are one training), else trained there now,
+    continuing one of the same config with fewer epochs where there is one (:func:`shorter_training`). A file lock
+    makes a second process on a shared cache wait for the first instead of training again.
     ``on_epoch`` sees every epoch of the training once, those done before included."""
-    out = Path(cache) / cfg.identity(store_meta(cfg.data.store)["fingerprint"])
+    fingerprint = store_meta(cfg.data.store)["fingerprint"]
+    out = Path(cache) / cfg.identity(fingerprint)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -259,11 +261,44 @@ def trained(cfg: Config, cache: str | Path, *, on_epoch: Callable[[dict[str, flo
             for record in result.history if on_epoch is not None else ():
                 on_epoch(record, out / CHECKPOINT)
             return result
+        shorter = None if (out / CHECKPOINT).exists() else shorter_training(cfg, Path(cache), fingerprint)
+        if shorter is not None:  # its files become this training's, which resumes from them
+            _continue_from(shorter, out, cfg)
         result = fit(cfg, out, cache=cache, on_epoch=on_epoch, progress=progress)
         tmp = out / f".{DONE}.tmp"
         tmp.write_text(json.dumps(result.to_dict()))
         tmp.replace(out / DONE)
     return result
+
+
+def shorter_training(cfg: Config, cache: Path, fingerprint: str) -> Path | None:
+    """The folder in ``cache`` of the training of ``cfg`` but for a smaller ``train.epochs`` that got furthest,
+    finished or stopped part-way, where ``cfg``'s training would repeat it epoch for epoch: its learning rate and
+    batch-norm momentum do not depend on the number of epochs (not a "cosine" schedule, no
+    ``train.bn_momentum_end``). Its checkpoint is where ``cfg``'s training stands after its epochs, so raising
+    the epochs of a training short of convergence continues it instead of starting again. None if none."""
+    t = cfg.train
+    if t.lr_schedule == "cosine" or t.bn_momentum_end > 0:
+        return None
+    folders = (cache / cfg.override({"train.epochs": epochs}).identity(fingerprint) for epochs in range(1, t.epochs))
+    found = [folder for folder in folders if (folder / CHECKPOINT).is_file() and (folder / BEST).is_file()]
+    return max(found, key=lambda folder: load_checkpoint(folder / CHECKPOINT)["epoch"], default=None)
+
+
+def _continue_from(shorter: Path, out: Path, cfg: Config) -> None:
+    """Make ``shorter``'s checkpoint and best weights (:func:`shorter_training`) ``cfg``'s, in ``out``, unless a
+    process is training it now."""
+    with open(shorter / ".lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("not continuing %s: another process is training it now", shorter)
+            return
+        states = {name: load_checkpoint(shorter / name) for name in (CHECKPOINT, BEST)}
+    for name, state in states.items():
+        _save({**state, "config": cfg.to_dict(), "config_hash": out.name}, out / name)
+    log.info("continuing %s after epoch %d of %s, the same training with train.epochs = %d", out,
+             states[CHECKPOINT]["epoch"] + 1, shorter, states[CHECKPOINT]["config"]["train"]["epochs"])
 
 
 def load_lifter(path: str | Path, device: torch.device | str = "cpu", cfg: Config | None = None

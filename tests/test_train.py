@@ -2,7 +2,9 @@
 the temporal baselines and video DiffPose on windows of 27 frames, resuming, determinism, and the evaluation
 JSON."""
 
+import fcntl
 import json
+import logging
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from diffpose import convergence
 from diffpose.config import Config
 from diffpose.convergence import converged
 from diffpose.data.source import DataError
-from diffpose.train import evaluate, fit, load_checkpoint
+from diffpose.train import evaluate, fit, load_checkpoint, trained
 
 pytestmark = pytest.mark.slow
 
@@ -99,16 +101,19 @@ def test_temporal_baselines_and_video_diffpose_train_and_evaluate_from_the_cli(m
         assert "encoder.temporal.1.attention.qkv.weight" in load_checkpoint(out / "best.pt")["model"]
 
 
+class Stop(Exception):
+    pass
+
+
+def stop_after_first(record, _path):
+    """An ``on_epoch`` that interrupts a training after its first epoch, as a killed process would."""
+    if record["epoch"] == 1:
+        raise Stop
+
+
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(mocap_store, tmp_path):
     cfg = tiny(mocap_store, **{"model.lifter": "graformer", "train.epochs": 3})
     whole = fit(cfg, tmp_path / "whole", progress=False)
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_first(record, _path):
-        if record["epoch"] == 1:
-            raise Stop
 
     with pytest.raises(Stop):
         fit(cfg, tmp_path / "split", progress=False, on_epoch=stop_after_first)
@@ -123,6 +128,51 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(mocap_store, t
     # training is found finished
     assert resumed.seconds == pytest.approx(sum(h["epoch_seconds"] for h in resumed.history))
     assert fit(cfg, tmp_path / "split", progress=False).seconds == resumed.seconds
+
+
+def test_raising_the_epochs_of_a_finished_training_continues_it_into_the_longer_training(mocap_store, tmp_path,
+                                                                                         caplog):
+    cfg = tiny(mocap_store, **{"model.lifter": "graformer"})
+    longer = cfg.override({"train.epochs": 4})
+    whole = trained(longer, tmp_path / "fresh", progress=False)
+    cache = tmp_path / "cache"
+    short = trained(cfg, cache, progress=False)               # 2 epochs: short of convergence
+    with caplog.at_level(logging.INFO, logger="diffpose.train"):
+        continued = trained(longer, cache, progress=False)
+    assert f"after epoch 2 of {short.out_dir}, the same training with train.epochs = 2" in caplog.text
+    assert continued.history[:2] == short.history   # its first 2 epochs, timings too: not trained again
+    # and it is what a training of 4 epochs from the start is
+    key = ("epoch", "train_loss", "val_p1", "val_p2", "lr")
+    assert [{k: h[k] for k in key} for h in continued.history] == [{k: h[k] for k in key} for h in whole.history]
+    for name in ("checkpoint.pt", "best.pt"):
+        a, b = (load_checkpoint(r.out_dir / name) for r in (whole, continued))
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+        assert b["config"] == longer.to_dict() and b["config_hash"] == continued.out_dir.name
+    assert trained(cfg, cache, progress=False).history == short.history        # the shorter one stays as it was
+    assert load_checkpoint(short.best_checkpoint)["config"] == cfg.to_dict()
+    # One stopped part-way (a killed driver; its suite then edited) is continued from its last epoch.
+    three = cfg.override({"train.epochs": 3, "train.lr": 5e-4})
+    with pytest.raises(Stop):
+        trained(three, cache, progress=False, on_epoch=stop_after_first)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="diffpose.train"):
+        five = trained(three.override({"train.epochs": 5}), cache, progress=False)
+    assert "after epoch 1 of" in caplog.text and len(five.history) == 5
+    # A cosine schedule decays over the epochs given: 2 of 3 are not the first 2 of 2, so it starts again.
+    cosine = cfg.override({"train.lr_schedule": "cosine"})
+    trained(cosine, cache, progress=False)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="diffpose.train"):
+        assert len(trained(cosine.override({"train.epochs": 3}), cache, progress=False).history) == 3
+    assert "continuing" not in caplog.text
+    # One that a process is training now is left to it: the longer training starts from the beginning.
+    busy = trained(cfg.override({"train.lr": 2e-4}), cache, progress=False)
+    with open(busy.out_dir / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="diffpose.train"):
+            again = trained(cfg.override({"train.lr": 2e-4, "train.epochs": 3}), cache, progress=False)
+    assert "another process is training it now" in caplog.text and again.history[:2] != busy.history
 
 
 def test_a_checkpoint_of_another_config_is_refused(mocap_store, tmp_path):
