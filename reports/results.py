@@ -363,12 +363,21 @@ def read_parquet(path: Path) -> pd.DataFrame:
 def finished_trials(frame: pd.DataFrame, suite: Collection[str] | None = None) -> tuple[pd.DataFrame, list[str]]:
     """FINISHED trials, one run per ``trial.id`` (the latest), with the messages a reader must see.
 
-    Runs that are not FINISHED and runs without a ``trial.dataset`` param are skipped and counted; so are,
-    where ``suite`` gives the trial ids of the suite as it is now, the runs of trials it no longer has.
+    Where ``suite`` gives the trial ids of the suite as it is now, the runs of trials it no longer has (whatever
+    their status) are skipped and named; then runs that are not FINISHED and runs without a ``trial.dataset``
+    param are skipped and counted.
     """
     notes: list[str] = []
     if frame.empty:
         return frame, notes
+    if suite is not None and tag("trial.id") in frame.columns:
+        replaced = frame[tag("trial.id")].notna() & ~frame[tag("trial.id")].isin(set(suite))
+        if replaced.any():
+            names = sorted(set(column(frame, tag("mlflow.runName"), "?")[replaced].fillna("?")))
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            notes.append(f"skipped {int(replaced.sum())} runs of trials the suite's latest invocation no longer "
+                         f"has (their config has changed since): {shown}")
+            frame = frame[~replaced]
     done = frame[frame["status"] == "FINISHED"]
     others = frame.loc[frame["status"] != "FINISHED", "status"].value_counts().sort_index()
     if len(others):
@@ -390,14 +399,6 @@ def finished_trials(frame: pd.DataFrame, suite: Collection[str] | None = None) -
             notes.append(f"{int(dup.sum())} FINISHED runs repeat a trial.id; the latest run of each trial "
                          "is used")
             done = pd.concat([order[keyed][~dup], order[~keyed]]).sort_values("run_id")
-    if suite is not None and tag("trial.id") in done.columns:
-        replaced = done[tag("trial.id")].notna() & ~done[tag("trial.id")].isin(set(suite))
-        if replaced.any():
-            names = sorted(set(column(done, tag("mlflow.runName"), "?")[replaced].fillna("?")))
-            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-            notes.append(f"skipped {int(replaced.sum())} FINISHED runs of trials the suite's latest invocation no "
-                         f"longer has (their config has changed since): {shown}")
-            done = done[~replaced]
     return done.reset_index(drop=True), notes
 
 

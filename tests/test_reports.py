@@ -514,6 +514,9 @@ def test_runs_of_trials_an_edit_of_the_suite_replaced_are_left_out_and_named(tmp
                              overrides=overrides, metrics=_metrics(p1, MOCAP_TEST, MOCAP_OFFSETS, Config(), rng))
             if p1 < 70.0:
                 kept.append(client.get_run(run).data.tags["trial.id"])
+    # the edited trial's seed 2 was running when its driver was killed, before the suite was edited again
+    _log_trial(client, exp, first, dataset="mocap17", detector="synth", variant="no_gmm", axis="gmm",
+               value="no_gmm", seed=2, overrides={"diffusion.gmm": False}, metrics=None, status="RUNNING")
     client.log_dict(first, [], SUITE_TRIALS)       # an older invocation's list is not the one read
     client.log_dict(second, kept, SUITE_TRIALS)    # the suite now: full and the edited no_gmm
     for parent in (first, second):
@@ -521,8 +524,10 @@ def test_runs_of_trials_an_edit_of_the_suite_replaced_are_left_out_and_named(tmp
 
     report = build_report(uri, "edited", tmp_path / "report")
     assert report.runs == 4
-    assert ("skipped 2 FINISHED runs of trials the suite's latest invocation no longer has (their config has "
-            "changed since): mocap17-no_gmm-s0, mocap17-no_gmm-s1") in report.warnings
+    assert report.warnings[0] == ("skipped 3 runs of trials the suite's latest invocation no longer has (their "
+                                  "config has changed since): mocap17-no_gmm-s0, mocap17-no_gmm-s1, "
+                                  "mocap17-no_gmm-s2")
+    assert not any("not FINISHED" in w for w in report.warnings)
     gmm = (tmp_path / "report" / "tables" / "ablation_gmm.md").read_text()
     assert "| no_gmm | no | mocap17 | 2 | <u>43.5</u> ± 0.7 |" in gmm  # the edited trial's runs only
     again = build_report_from_parquet(report.parquet, tmp_path / "again")
