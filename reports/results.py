@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from pandas.errors import Pandas4Warning
 
 from diffpose.config import Config
+from diffpose.data.source import DataError
 
 log = logging.getLogger(__name__)
 
@@ -185,14 +186,24 @@ def invocations(tracking_uri: str, experiment: str) -> dict[str, str]:
 
 
 def _suite_trials(client: Any, run: Any) -> list[str] | None:
-    """The trial ids ``run`` (a suite invocation) logged, or None: logged by none before this was recorded."""
-    if not any(f.path == SUITE_TRIALS for f in client.list_artifacts(run.info.run_id)):
-        return None
-    with tempfile.TemporaryDirectory(prefix="diffpose-suite-") as scratch:
-        text = Path(client.download_artifacts(run.info.run_id, SUITE_TRIALS, scratch)).read_text()
-    trials = json.loads(text)
+    """The trial ids ``run`` (a suite invocation) logged, or None: logged by none before this was recorded. Read
+    where it lies for a local artifact store, else downloaded."""
+    root = local_path(run.info.artifact_uri)
+    if root is not None:
+        if not (root / SUITE_TRIALS).is_file():
+            return None
+        text = (root / SUITE_TRIALS).read_text()
+    else:
+        if not any(f.path == SUITE_TRIALS for f in client.list_artifacts(run.info.run_id)):
+            return None
+        with tempfile.TemporaryDirectory(prefix="diffpose-suite-") as scratch:
+            text = Path(client.download_artifacts(run.info.run_id, SUITE_TRIALS, scratch)).read_text()
+    try:
+        trials = json.loads(text)
+    except json.JSONDecodeError:
+        trials = None
     if not (isinstance(trials, list) and all(isinstance(t, str) for t in trials)):
-        raise ResultsError(f"{SUITE_TRIALS} of suite run {run.info.run_id} is not a JSON list of trial ids")
+        raise DataError(f"{SUITE_TRIALS} of suite run {run.info.run_id}", "not a JSON list of trial ids (damaged?)")
     return trials
 
 

@@ -516,6 +516,23 @@ def test_report_published_onto_a_users_file_is_refused_before_the_build(tmp_path
     assert "No finished trial runs" in target.read_text() and (tmp_path / "docs" / "demo" / ".published").is_file()
 
 
+def test_report_with_a_damaged_list_of_the_suites_trials_names_it_and_writes_nothing(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from reports.results import SUITE_TRIALS
+
+    results = tmp_path / "results"
+    results.mkdir()
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    experiment = client.create_experiment("demo", artifact_location=str(tmp_path / "artifacts"))
+    suite_run = client.create_run(experiment, tags={"diffpose.role": "suite"}).info.run_id
+    client.log_text(suite_run, '["a1b2c3", ', SUITE_TRIALS)
+    capsys.readouterr()
+    one_line(*run(capsys, "report", "--experiment", "demo", "--results", results),
+             f"{SUITE_TRIALS} of suite run {suite_run}", "not a JSON list")
+    assert sorted(p.name for p in results.iterdir()) == ["mlflow.db"]
+
+
 def test_ablate_overrides_not_toml(fake_store, tmp_path, capsys):
     suite = tmp_path / "s.toml"
     suite.write_text(f'[suite]\nname = "s"\nvariants = ["full"]\n\n[datasets.d]\nstore = "{fake_store}"\n')

@@ -438,6 +438,10 @@ def test_suite_on_two_nodes_logs_one_finished_run_per_trial_to_a_server(cluster,
     # RUN_SCHEMA.md: the store's 2D source is a param of every trial run.
     for tid in trials:
         assert "trial.detector" in runs[tid].data.params, "no trial.detector param (RUN_SCHEMA.md)"
+    # The report reads the suite's trials from the server's artifact store.
+    from reports.results import invocations
+
+    assert json.loads(invocations(mlflow_server, "two_nodes")["trials"]) == sorted(trials)
 
 
 def test_losing_the_worker_node_mid_trial_retries_it_on_the_head_in_the_same_run(cluster, mlflow_server,
