@@ -1,10 +1,11 @@
-"""Runs a suite on Ray Tune: stages, resources, storage, failures, resuming, the summary; and the set-up that
+"""Runs a suite on Ray Tune: scheduling, resources, storage, failures, resuming, the summary; and the set-up that
 every driver (a suite's, a search's) shares: stores, MLflow experiment, a local Ray, per-trial resources.
 
-Stage 1 trains what others depend on or nothing depends on (the shared context encoders and the baselines);
-stage 2 the DiffPose variants, which load the cached encoders; stage 3 evaluates the inference-only variants and
-axis values (K steps, N hypotheses, the probabilistic baselines) on the weights stages 1 and 2 trained. A trial
-whose encoder or weights an earlier invocation trained waits for no stage: it runs in stage 1 (:func:`stages`).
+One Tuner runs an invocation's trials. Each starts once what it needs is trained (:func:`needs`,
+:class:`WhenReady`): a DiffPose training its context encoder (a shared encoder trial, or the baseline that is
+the same training), an evaluation of an inference-only variant or axis value (K steps, N hypotheses, the
+probabilistic baselines) the training of its weights; the trainings others wait for go first. A need that an
+earlier invocation trained is no need; a trial whose need failed is not run, and counted as failed.
 Every training lives once in the results' cache (``trainings/<identity>``, diffpose.train.trained), whichever
 trials need it. A trial is identified by its training's identity (the store's content, not its path), its evaluation
 and its stage; trials FINISHED in MLflow are skipped, so running the suite again after an interruption runs only
@@ -23,7 +24,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import psutil
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
+from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from benchmark import tracking
 from benchmark.suite import DatasetSpec, Suite, Trial, load_suite
@@ -56,20 +58,20 @@ class SuiteSummary:
     tracking_uri: str
     experiment_id: str
     results_dir: Path
-    stage_seconds: dict[str, float] = field(default_factory=dict)
+    scheduled_seconds: float = 0.0   # the wall time of the Tuner that ran the trials
     report_dir: Path | None = None
 
     @property
     def efficiency(self) -> float:
-        """Sum of trial times / (wall time x slots) over the scheduled stages."""
-        busy = sum(self.stage_seconds.values())
+        """Sum of trial times / (wall time x slots) while trials were scheduled."""
+        busy = self.scheduled_seconds
         return self.trial_seconds / (busy * self.slots) if busy and self.slots else float("nan")
 
     def lines(self) -> list[str]:
         out = [f"suite {self.suite}: {self.done} trials done, {self.skipped} already finished, "
                f"{len(self.failed)} failed, of {self.trials}; wall time {self.wall_seconds / 60:.1f} min",
                f"  scheduling efficiency {self.efficiency:.2f} (trial time {self.trial_seconds:.0f} s over "
-               f"{self.slots} slots x {sum(self.stage_seconds.values()):.0f} s of stages)",
+               f"{self.slots} slots x {self.scheduled_seconds:.0f} s)",
                f"  MLflow: {self.tracking_uri} (experiment {self.experiment_id}); results in {self.results_dir}"]
         if self.report_dir is not None:
             out.append(f"  report: {self.report_dir}")
@@ -194,24 +196,75 @@ def stop_leftover_ray(record: Path, grace: float = 5.0) -> int:
     return len(left)
 
 
-def stages(todo: list[Trial], encoders: list[Trial], trained: Callable[[Config], bool]
-           ) -> tuple[list[Trial], list[Trial], list[Trial]]:
-    """The trials of an invocation's three stages, each in order. 1: the context encoders to train, then every
-    trial whose needs are trained (a baseline or a DiffPose without an encoder; a DiffPose whose encoder, a
-    trial whose own weights, an earlier invocation trained); 2: the other DiffPose trainings, on the encoders
-    of stage 1; 3: the other evaluations (inference-only variants and axis values), of the weights of stages 1
-    and 2. ``trained``: whether a config's training is finished in the cache. So a suite run in pieces does
-    not hold back, behind the slowest training of a stage, what an earlier piece made ready."""
-    def ready(t: Trial) -> bool:
-        if trained(t.config):
-            return True
-        return not t.eval_only and (not t.config.uses_encoder or trained(t.config.encoder_config()))
+def needs(todo: list[Trial], trained: Callable[[Config], bool]) -> tuple[list[Trial], dict[str, set[str]]]:
+    """The order an invocation hands its trials out in, and what each waits for: the trial ids of this
+    invocation's trainings it needs (a DiffPose training its context encoder's; an evaluation, inference-only
+    variants and axis values, the training of its weights). A need an earlier invocation trained (``trained``:
+    whether a config's training is finished in the cache) is no need. The order is the given one, except that
+    the trainings another trial waits for come first."""
+    trains: dict[str, str] = {}                          # training identity -> the trial id that trains it
+    for t in todo:
+        if not t.eval_only:
+            trains.setdefault(t.training, t.id)
+    waits: dict[str, set[str]] = {}
+    for t in todo:
+        need = None if trained(t.config) else _need(t)
+        by = trains.get(need.identity(t.fingerprint)) if need is not None else None
+        waits[t.id] = {by} if by is not None and by != t.id and not trained(need) else set()
+    needed = set().union(*waits.values())
+    return sorted(todo, key=lambda t: t.id not in needed), waits
 
-    waits = {t.id: not ready(t) for t in todo}
-    trainings = [t for t in todo if not t.eval_only]
-    evaluations = [t for t in todo if t.eval_only]
-    first = encoders + [t for t in trainings if not waits[t.id]] + [t for t in evaluations if not waits[t.id]]
-    return first, [t for t in trainings if waits[t.id]], [t for t in evaluations if waits[t.id]]
+
+def _need(t: Trial) -> Config | None:
+    """The training a trial needs before it can start, if any: an evaluation its weights', a DiffPose training
+    its context encoder's."""
+    if t.eval_only:
+        return t.config
+    return t.config.encoder_config() if t.config.uses_encoder else None
+
+
+class WhenReady(Searcher):
+    """Tune's search algorithm for an invocation's trials (:func:`needs`): each is handed out, in order, once
+    the trainings it waits for have finished, so a trial waits for its own needs only and the slots stay busy
+    with whatever is ready. A trial whose need failed is never run (``unrunnable``). The config it gives a
+    Tune trial is ``{"trial": <name>}``."""
+
+    def __init__(self, names: dict[str, str], order: list[str], waits: dict[str, set[str]]):
+        super().__init__()
+        self.names, self.waiting, self.waits = names, list(order), waits   # names: trial id -> Tune name
+        self.given: dict[str, str] = {}                                     # Tune trial id -> trial id
+        self.done: set[str] = set()
+        self.failed: set[str] = set()
+        self.unrunnable: list[str] = []
+
+    def suggest(self, trial_id: str) -> dict[str, str] | str | None:
+        lost = self.failed | set(self.unrunnable)
+        while blocked := [t for t in self.waiting if self.waits[t] & lost]:
+            for t in blocked:
+                self.waiting.remove(t)
+                self.unrunnable.append(t)
+                lost.add(t)
+        ready = next((t for t in self.waiting if self.waits[t] <= self.done), None)
+        if ready is None:
+            return Searcher.FINISHED if not self.waiting else None   # None: asked again later
+        self.waiting.remove(ready)
+        self.given[trial_id] = ready
+        return {"trial": self.names[ready]}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        tid = self.given.get(trial_id)
+        if tid is not None:
+            (self.failed if error else self.done).add(tid)
+
+    def save(self, checkpoint_path: str) -> None:  # Tune saves its search algorithm with the experiment
+        state = {"waiting": self.waiting, "given": self.given, "done": sorted(self.done),
+                 "failed": sorted(self.failed), "unrunnable": self.unrunnable}
+        Path(checkpoint_path).write_text(json.dumps(state))
+
+    def restore(self, checkpoint_path: str) -> None:
+        state = json.loads(Path(checkpoint_path).read_text())
+        self.waiting, self.given, self.unrunnable = state["waiting"], state["given"], state["unrunnable"]
+        self.done, self.failed = set(state["done"]), set(state["failed"])
 
 
 WALL_EVERY_S = 60.0
@@ -244,22 +297,31 @@ class WallClock(tune.Callback):
         self.tick()
 
 
-def _run_stage(name: str, trials: list[Trial], ctx: dict[str, Any], suite: Suite, res: dict[str, float],
-               storage: str, verbose: int, clock: WallClock) -> tuple[list[str], float, float]:
-    """One Tuner over ``trials``; returns (failed trial names, sum of trial seconds, wall seconds)."""
-    if not trials:
+def _run_trials(todo: list[Trial], trained: Callable[[Config], bool], ctx: dict[str, Any], suite: Suite,
+                res: dict[str, float], storage: str, verbose: int, clock: WallClock
+                ) -> tuple[list[str], float, float]:
+    """One Tuner over ``todo``, each trial started once its needs are trained (:class:`WhenReady`); returns
+    (failed trial names, those not run because a need failed included; sum of trial seconds; wall seconds)."""
+    if not todo:
         return [], 0.0, 0.0
-    specs = {f"{t.name}#{t.id[:6]}": {"trial": t.to_dict(), "context": ctx} for t in trials}
+    order, waits = needs(todo, trained)
+    names = {t.id: f"{t.name}#{t.id[:6]}" for t in order}
+    specs = {names[t.id]: {"trial": t.to_dict(), "context": ctx} for t in order}
+    log.info("%d trials to run, %d of them waiting for a training of this invocation", len(order),
+             sum(bool(w) for w in waits.values()))
+    searcher = WhenReady(names, [t.id for t in order], waits)
 
     def trainable(config: dict[str, Any]) -> None:
         run_trial(specs[config["trial"]])
 
     tuner = tune.Tuner(
         tune.with_resources(trainable, res),
-        param_space={"trial": tune.grid_search(list(specs))},
-        tune_config=tune.TuneConfig(reuse_actors=True),
+        # The limiter admits every trial: Tune keeps as many pending as it allows (1 for a bare custom searcher,
+        # which would start one trial at a time), so whatever is ready is queued and starts once it fits.
+        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=len(order)),
+                                    num_samples=len(order), reuse_actors=True),
         run_config=tune.RunConfig(
-            name=f"{suite.name}-{name}-{int(time.time())}", storage_path=storage, verbose=verbose,
+            name=f"{suite.name}-{int(time.time())}", storage_path=storage, verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=suite.max_failures), callbacks=[clock],
         ),
     )
@@ -272,6 +334,9 @@ def _run_stage(name: str, trials: list[Trial], ctx: dict[str, Any], suite: Suite
         if result.error is not None:
             failed.append(trial_name)
         busy += float((result.metrics or {}).get("time_total_s", 0.0))
+    for tid in searcher.unrunnable:
+        log.warning("%s was not run: a training it needs failed", names[tid])
+        failed.append(f"{names[tid]} (not run: a training it needs failed)")
     return failed, busy, wall
 
 
@@ -305,10 +370,9 @@ def run_suite(
 
     todo_encoders = [e for e in encoders if e.id not in finished and not is_trained(e.config, cache)]
     todo = [t for t in trials if t.id not in finished]
-    first, second, third = stages(todo, todo_encoders, lambda cfg: is_trained(cfg, cache))
     skipped = len(trials) - len(todo)
-    log.info("suite %s: %d trials (%d already finished), %d context encoders to train; stages of %d, %d and %d "
-             "trials", suite.name, len(trials), skipped, len(todo_encoders), len(first), len(second), len(third))
+    log.info("suite %s: %d trials (%d already finished), %d context encoders to train", suite.name, len(trials),
+             skipped, len(todo_encoders))
 
     init_ray(address, setup.results)
     res, slots = resources(suite.cpu, suite.gpu)
@@ -319,11 +383,10 @@ def run_suite(
                            experiment_id=experiment_id, results_dir=setup.results)
     clock = WallClock(setup.tracking_uri, parent, t_start)
     try:
-        for stage, items in (("stage1", first), ("stage2", second), ("stage3", third)):
-            f, busy, wall = _run_stage(stage, items, ctx, suite, res, storage, verbose, clock)
-            failed += f
-            summary.trial_seconds += busy
-            summary.stage_seconds[stage] = wall
+        f, busy, wall = _run_trials(todo_encoders + todo, lambda cfg: is_trained(cfg, cache), ctx, suite, res,
+                                    storage, verbose, clock)
+        failed += f
+        summary.trial_seconds, summary.scheduled_seconds = busy, wall
     finally:
         # what ended since the first lookup (this invocation's trials, others' too), left for the next lookup
         known = tracking.find_finished(client, experiment_id, known)

@@ -307,7 +307,7 @@ train.epochs = 1
 def overhead(results: Path, store: Path) -> dict[str, Any]:
     """Per-trial fixed cost: :data:`OVERHEAD_SUITE` run by the runner on a local Ray in a scratch results folder
     (under ``results``, removed after): Tune's time per trial less its training's own (epochs with their
-    validation), and the suite's wall time per trial (worker start-up and Tune's stages included)."""
+    validation), and the suite's wall time per trial (worker start-up and Tune's scheduling included)."""
     from benchmark.runner import run_suite
 
     with tempfile.TemporaryDirectory(prefix="overhead-", dir=results) as scratch:
@@ -324,7 +324,7 @@ def overhead(results: Path, store: Path) -> dict[str, Any]:
     return {"trials": n, "done": summary.done, "slots": summary.slots, "wall_seconds": summary.wall_seconds,
             "trial_seconds": summary.trial_seconds, "train_seconds": train,
             "overhead_per_trial_seconds": (summary.trial_seconds - train) / max(n, 1),
-            "wall_per_trial_seconds": summary.wall_seconds / max(n, 1), "stage_seconds": summary.stage_seconds,
+            "wall_per_trial_seconds": summary.wall_seconds / max(n, 1), "scheduled_seconds": summary.scheduled_seconds,
             "scheduling_efficiency": summary.efficiency}
 
 

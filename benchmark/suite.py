@@ -222,7 +222,7 @@ class Suite:
             raise SuiteError(str(e)) from None
 
     def encoder_trials(self, trials: list[Trial]) -> list[Trial]:
-        """The distinct context encoders the DiffPose trials need: trained once each, in a first stage. An
+        """The distinct context encoders the DiffPose trials need: trained once each, before them. An
         encoder that a baseline trial of the suite trains already (the same training) is left to it."""
         trained = {t.training for t in trials if not t.eval_only}
         out: dict[str, Trial] = {}

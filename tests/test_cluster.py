@@ -427,13 +427,13 @@ def test_suite_on_two_nodes_logs_one_finished_run_per_trial_to_a_server(cluster,
         frames_mm = np.linalg.norm(pred["pose"] - pred["target"], axis=-1).mean() * 1000.0
         assert frames_mm == pytest.approx(metrics["test_p1_frames"], rel=1e-4)
 
-    # The encoder and the baseline start together in stage 1 with one CPU each: one per node.
+    # The encoder and the baseline wait for nothing and start together with one CPU each: one per node.
     for temp_dir in (cluster.head_dir, cluster.worker_dir):
         assert TRAINING.search(_node_logs(temp_dir)), f"no trial trained on the node of {temp_dir}"
-    stage1 = {runs[t.id].data.tags["ray.node"] for t in suite.encoder_trials(list(trials.values()))}
-    stage1.add(runs[next(tid for tid, t in trials.items() if t.variant == "graformer")].data.tags["ray.node"])
-    if not all(re.fullmatch(r"[\d.]+", node) for node in stage1):
-        assert len(stage1) == 2  # node ids tell the nodes apart; their addresses (both 127.0.0.1) cannot
+    first = {runs[t.id].data.tags["ray.node"] for t in suite.encoder_trials(list(trials.values()))}
+    first.add(runs[next(tid for tid, t in trials.items() if t.variant == "graformer")].data.tags["ray.node"])
+    if not all(re.fullmatch(r"[\d.]+", node) for node in first):
+        assert len(first) == 2  # node ids tell the nodes apart; their addresses (both 127.0.0.1) cannot
 
     # RUN_SCHEMA.md: the store's 2D source is a param of every trial run.
     for tid in trials:

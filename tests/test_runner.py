@@ -95,8 +95,7 @@ def test_the_wall_clock_logs_at_most_once_a_minute_and_is_saved_without_its_clie
     assert saved._client is None and (saved.run_id, saved.logged) == (run, 221.5)
 
 
-def test_a_trial_whose_encoder_or_weights_an_earlier_invocation_trained_waits_for_no_stage(tmp_path, fake_store):
-    from benchmark.runner import stages
+def _trials(tmp_path, store):
     from benchmark.suite import load_suite
 
     path = tmp_path / "suite.toml"
@@ -110,30 +109,75 @@ seeds = [0, 1]
 steps = [2]
 
 [datasets.mocap17]
-store = "{fake_store}"
+store = "{store}"
 """)
     suite = load_suite(path)
     trials = suite.trials()
-    encoders = suite.encoder_trials(trials)
+    return suite.encoder_trials(trials), trials
+
+
+def _name(t) -> str:
+    return t.name.removeprefix("mocap17/")
+
+
+def test_each_trial_waits_for_its_own_needs_only_and_not_for_what_an_earlier_invocation_trained(tmp_path,
+                                                                                               fake_store):
+    from benchmark.runner import needs
+
+    encoders, trials = _trials(tmp_path, fake_store)
+    by_id = {t.id: _name(t) for t in encoders + trials}
     done: set[str] = set()
 
-    def names(ts) -> list[str]:
-        return sorted(t.name.removeprefix("mocap17/") for t in ts)
+    def waits() -> dict[str, list[str]]:
+        order, need = needs(encoders + trials, lambda cfg: cfg.identity("") in done)
+        return [_name(t) for t in order], {by_id[k]: sorted(by_id[n] for n in v) for k, v in need.items() if v}
 
-    def split() -> list[list[str]]:
-        return [names(s) for s in stages(trials, encoders, lambda cfg: cfg.identity("fp") in done)]
-
-    assert names(encoders) == ["encoder:graformer/seed0", "encoder:graformer/seed1"]
-    assert split() == [names(encoders) + ["no_context/seed0", "no_context/seed1", "simple_baseline/seed0",
-                                          "simple_baseline/seed1"],
-                       ["full/seed0", "full/seed1"],
-                       ["no_heatmap_init/seed0", "no_heatmap_init/seed1", "steps=2/seed0", "steps=2/seed1"]]
+    order, wait = waits()
+    assert [_name(e) for e in encoders] == ["encoder:graformer/seed0", "encoder:graformer/seed1"]
+    assert order[:4] == ["encoder:graformer/seed0", "encoder:graformer/seed1", "full/seed0", "full/seed1"]
+    assert wait == {"full/seed0": ["encoder:graformer/seed0"], "full/seed1": ["encoder:graformer/seed1"],
+                    "no_heatmap_init/seed0": ["full/seed0"], "no_heatmap_init/seed1": ["full/seed1"],
+                    "steps=2/seed0": ["full/seed0"], "steps=2/seed1": ["full/seed1"]}
     # an earlier invocation trained seed 0's encoder, and seed 1's full DiffPose
     seed0_encoder = next(e for e in encoders if e.seed == 0)
     seed1_full = next(t for t in trials if t.variant == "full" and t.seed == 1)
-    done |= {seed0_encoder.config.identity("fp"), seed1_full.config.identity("fp")}
-    first, second, third = split()
-    assert {"full/seed0", "full/seed1", "no_heatmap_init/seed1", "steps=2/seed1"} <= set(first)
-    assert second == [] and third == ["no_heatmap_init/seed0", "steps=2/seed0"]
-    # the encoders come first: stage 2 waits on them
-    assert stages(trials, encoders, lambda cfg: False)[0][:2] == encoders
+    done |= {seed0_encoder.config.identity(""), seed1_full.config.identity("")}
+    assert waits()[1] == {"no_heatmap_init/seed0": ["full/seed0"], "steps=2/seed0": ["full/seed0"]}
+
+
+def test_the_scheduler_hands_out_what_is_ready_and_never_what_a_failed_training_was_needed_for(tmp_path,
+                                                                                              fake_store):
+    from ray.tune.search import Searcher
+
+    from benchmark.runner import WhenReady, needs
+
+    encoders, trials = _trials(tmp_path, fake_store)
+    order, wait = needs(encoders + trials, lambda cfg: False)
+    names = {t.id: _name(t) for t in order}
+    searcher = WhenReady(names, [t.id for t in order], wait)
+    given: dict[str, str] = {}
+
+    def ask() -> list[str]:
+        out = []
+        while (config := searcher.suggest(f"tune{len(given)}")) not in (None, Searcher.FINISHED):
+            given[config["trial"]] = f"tune{len(given)}"
+            out.append(config["trial"])
+        return out
+
+    first = ask()   # everything that waits for nothing, the encoders first
+    assert first[:2] == ["encoder:graformer/seed0", "encoder:graformer/seed1"]
+    assert set(first) == {"encoder:graformer/seed0", "encoder:graformer/seed1", "no_context/seed0",
+                          "no_context/seed1", "simple_baseline/seed0", "simple_baseline/seed1"}
+    searcher.on_trial_complete(given["encoder:graformer/seed0"])
+    assert ask() == ["full/seed0"]          # seed 1's full still waits for its encoder
+    searcher.on_trial_complete(given["encoder:graformer/seed1"], error=True)
+    searcher.on_trial_complete(given["full/seed0"])
+    assert ask() == ["no_heatmap_init/seed0", "steps=2/seed0"]
+    assert searcher.suggest("last") == Searcher.FINISHED
+    assert sorted(names[t] for t in searcher.unrunnable) == ["full/seed1", "no_heatmap_init/seed1",
+                                                             "steps=2/seed1"]
+    # Tune saves its search algorithm with the experiment: the state comes back whole
+    searcher.save(str(tmp_path / "searcher.json"))
+    again = WhenReady(names, [], wait)
+    again.restore(str(tmp_path / "searcher.json"))
+    assert (again.done, again.failed, again.unrunnable) == (searcher.done, searcher.failed, searcher.unrunnable)
