@@ -251,6 +251,9 @@ class WhenReady(Searcher):
         self.given[trial_id] = ready
         return {"trial": self.names[ready]}
 
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True   # the Tuner's param_space names the trials only for Tune's progress table
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         tid = self.given.get(trial_id)
         if tid is not None:
@@ -316,6 +319,7 @@ def _run_trials(todo: list[Trial], trained: Callable[[Config], bool], ctx: dict[
 
     tuner = tune.Tuner(
         tune.with_resources(trainable, res),
+        param_space={"trial": tune.choice(list(specs))},   # a column of the progress table; the searcher picks
         # The limiter admits every trial: Tune keeps as many pending as it allows (1 for a bare custom searcher,
         # which would start one trial at a time), so whatever is ready is queued and starts once it fits.
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=len(order)),
