@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import subprocess
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from benchmark.suite import Trial
 from diffpose.metrics import CALIBRATION_LEVELS
 from diffpose.train import FitResult
-from reports.results import local_path, search_all
+from reports.results import artifact_text, local_path, search_all
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +70,17 @@ def close_stale_suite_runs(client: MlflowClient, experiment_id: str) -> int:
     """Mark suite runs left RUNNING by a killed driver as KILLED; returns how many."""
     query = f"tags.`{ROLE}` = 'suite' and attributes.status = 'RUNNING'"
     runs = list(search_all(client, experiment_id, query))
+    for r in runs:
+        client.set_terminated(r.info.run_id, status="KILLED")
+    return len(runs)
+
+
+def close_replaced_trial_runs(client: MlflowClient, experiment_id: str, trial_ids: Iterable[str]) -> int:
+    """Mark the RUNNING runs of trials the suite no longer has (a killed driver's, before an edit of the suite
+    replaced their trials) as KILLED; returns how many. A trial the suite still has resumes in its run."""
+    keep = set(trial_ids)
+    runs = [r for r in search_all(client, experiment_id, "attributes.status = 'RUNNING'")
+            if r.data.tags.get(ROLE) in ("trial", "encoder") and r.data.tags.get("trial.id") not in keep]
     for r in runs:
         client.set_terminated(r.info.run_id, status="KILLED")
     return len(runs)
@@ -140,8 +150,9 @@ def _newest_index(client: MlflowClient, experiment_id: str) -> Finished | None:
         return None
     run = newest[0]
     try:
-        with tempfile.TemporaryDirectory(prefix="diffpose-index-") as scratch:
-            text = Path(client.download_artifacts(run.info.run_id, INDEX_FILE, scratch)).read_text()
+        text = artifact_text(client, run, INDEX_FILE)
+        if text is None:
+            raise FileNotFoundError(f"no {INDEX_FILE}")
         runs = json.loads(text)
     except Exception as e:  # noqa: BLE001 - any store or format error: the lookup pages instead
         log.warning("the index of finished trials of run %s cannot be read (%s): paging every finished run",

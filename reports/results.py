@@ -186,18 +186,10 @@ def invocations(tracking_uri: str, experiment: str) -> dict[str, str]:
 
 
 def _suite_trials(client: Any, run: Any) -> list[str] | None:
-    """The trial ids ``run`` (a suite invocation) logged, or None: logged by none before this was recorded. Read
-    where it lies for a local artifact store, else downloaded."""
-    root = local_path(run.info.artifact_uri)
-    if root is not None:
-        if not (root / SUITE_TRIALS).is_file():
-            return None
-        text = (root / SUITE_TRIALS).read_text()
-    else:
-        if not any(f.path == SUITE_TRIALS for f in client.list_artifacts(run.info.run_id)):
-            return None
-        with tempfile.TemporaryDirectory(prefix="diffpose-suite-") as scratch:
-            text = Path(client.download_artifacts(run.info.run_id, SUITE_TRIALS, scratch)).read_text()
+    """The trial ids ``run`` (a suite invocation) logged, or None: logged by none before this was recorded."""
+    text = artifact_text(client, run, SUITE_TRIALS)
+    if text is None:
+        return None
     try:
         trials = json.loads(text)
     except json.JSONDecodeError:
@@ -205,6 +197,18 @@ def _suite_trials(client: Any, run: Any) -> list[str] | None:
     if not (isinstance(trials, list) and all(isinstance(t, str) for t in trials)):
         raise DataError(f"{SUITE_TRIALS} of suite run {run.info.run_id}", "not a JSON list of trial ids (damaged?)")
     return trials
+
+
+def artifact_text(client: Any, run: Any, name: str) -> str | None:
+    """The text of ``run``'s top-level artifact ``name``, None where it has none: read where it lies for a local
+    artifact store (no download, and no download bar on stderr), else downloaded."""
+    root = local_path(run.info.artifact_uri)
+    if root is not None:
+        return (root / name).read_text() if (root / name).is_file() else None
+    if not any(f.path == name for f in client.list_artifacts(run.info.run_id)):
+        return None
+    with tempfile.TemporaryDirectory(prefix="diffpose-artifact-") as scratch:
+        return Path(client.download_artifacts(run.info.run_id, name, scratch)).read_text()
 
 
 def local_path(artifact_uri: str | None) -> Path | None:
