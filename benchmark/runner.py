@@ -364,6 +364,9 @@ def run_suite(
     stale = tracking.close_stale_suite_runs(client, experiment_id)
     if stale:
         log.info("marked %d suite run(s) of an interrupted invocation as KILLED", stale)
+    replaced = tracking.close_replaced_trial_runs(client, experiment_id, (t.id for t in trials + encoders))
+    if replaced:
+        log.info("marked %d RUNNING run(s) of trials the suite no longer has as KILLED", replaced)
     known = tracking.find_finished(client, experiment_id)
     finished = known.among(t.id for t in trials + encoders)
     parent = tracking.start_parent_run(client, experiment_id, "suite", suite.name, suite.file, setup.commit)

@@ -75,3 +75,16 @@ def test_an_unreadable_index_means_paging_every_run(tmp_path, caplog):
     client.log_metric(other, tracking.INDEX_TIME, float(time.time() * 1000 + 1))   # its artifact never written
     assert tracking.find_finished(client, experiment_id).runs == {"t": run}
     assert "cannot be read" in caplog.text
+
+
+def test_the_running_runs_of_replaced_trials_are_closed_and_those_of_the_suites_trials_left_to_resume(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = tracking.ensure_experiment(client, "edited", tmp_path / "artifacts")
+    run = {tid: client.create_run(experiment_id, tags={tracking.ROLE: role, "trial.id": tid}).info.run_id
+           for tid, role in (("kept", "trial"), ("replaced", "trial"), ("old-encoder", "encoder"))}
+    suite = client.create_run(experiment_id, tags={tracking.ROLE: "suite"}).info.run_id   # not a trial's
+    finished = _finished_run(client, experiment_id, "replaced-and-finished")
+    assert tracking.close_replaced_trial_runs(client, experiment_id, ["kept"]) == 2
+    status = {tid: client.get_run(rid).info.status for tid, rid in run.items()}
+    assert status == {"kept": "RUNNING", "replaced": "KILLED", "old-encoder": "KILLED"}
+    assert client.get_run(suite).info.status == "RUNNING" and client.get_run(finished).info.status == "FINISHED"
