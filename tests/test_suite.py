@@ -118,6 +118,22 @@ def test_every_shipped_suite_loads_and_expands_to_unique_trials(path):
     assert all(t.stage == "encoder" and t.config.model.lifter != "diffpose" for t in encoders)
 
 
+def test_converged_study_trains_each_graformer_once_for_its_row_encoder_and_samplers():
+    """The converged study sets GraFormer's cap in two places ([variant.graformer] and [base] encoder.epochs):
+    DiffPose's encoders stay the GraFormer baseline's training and the probabilistic baselines sample it."""
+    suite = load_suite(REPO / "ablations" / "mocap17_converged.toml", check_data=False)
+    trials = suite.trials()
+    assert suite.encoder_trials(trials) == []
+    by_name = {t.name: t for t in trials}
+    for seed in suite.seeds:
+        graformer = by_name[f"mocap17/graformer/seed{seed}"].config
+        for variant in ("full", "no_gmm", "refiner"):
+            encoder = by_name[f"mocap17/{variant}/seed{seed}"].config.encoder_config()
+            assert encoder.identity("fp") == graformer.identity("fp"), variant
+        for variant in ("mc_dropout", "gaussian_residual"):
+            assert by_name[f"mocap17/{variant}/seed{seed}"].config == graformer, variant
+
+
 def test_demo_suite_trials_match_its_file():
     path = REPO / "ablations" / "demo.toml"
     raw = tomllib.loads(path.read_text())
