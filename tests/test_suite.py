@@ -170,7 +170,8 @@ def test_demo_suite_trials_match_its_file():
     for variant in ("full", "refiner"):  # DiffPose's own brief training
         assert by_name[f"mocap17/{variant}/seed0"].config.train.epochs == raw["variant"][variant]["train"]["epochs"]
     graformer = by_name["mocap17/graformer/seed0"].config
-    assert graformer.train.epochs == raw["base"]["train"]["epochs"] and graformer.train.batch_size == 64
+    assert graformer.train.epochs == raw["variant"]["graformer"]["train"]["epochs"] and graformer.train.batch_size == 64
+    assert by_name["mocap17/simple_baseline/seed0"].config.train.epochs == raw["base"]["train"]["epochs"]
     assert by_name["mocap17/refiner/seed0"].config.diffusion.mode == "refiner"
     # full and the refiner condition on one encoder: the GraFormer baseline itself, trained once.
     full = by_name["mocap17/full/seed0"].config
