@@ -201,7 +201,9 @@ def needs(todo: list[Trial], trained: Callable[[Config], bool]) -> tuple[list[Tr
     invocation's trainings it needs (a DiffPose training its context encoder's; an evaluation, inference-only
     variants and axis values, the training of its weights). A need an earlier invocation trained (``trained``:
     whether a config's training is finished in the cache) is no need. The order is the given one, except that
-    the trainings another trial waits for come first."""
+    the trainings another trial waits for come first, then the trials whose weights the cache has (evaluations
+    of trained weights, trainings with only their evaluation left): short beside a training, so a resumed suite
+    fills those rows before it goes back to its long trainings."""
     trains: dict[str, str] = {}                          # training identity -> the trial id that trains it
     for t in todo:
         if not t.eval_only:
@@ -212,7 +214,7 @@ def needs(todo: list[Trial], trained: Callable[[Config], bool]) -> tuple[list[Tr
         by = trains.get(need.identity(t.fingerprint)) if need is not None else None
         waits[t.id] = {by} if by is not None and by != t.id and not trained(need) else set()
     needed = set().union(*waits.values())
-    return sorted(todo, key=lambda t: t.id not in needed), waits
+    return sorted(todo, key=lambda t: (t.id not in needed, not trained(t.config))), waits
 
 
 def _need(t: Trial) -> Config | None:
