@@ -28,6 +28,7 @@ oracle per batch, never below the per-sample ``j_best_mpjpe``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -328,18 +329,24 @@ def energy_score(hyps: Tensor, target: Tensor) -> Tensor:
     return accuracy - pairs / (2 * n * (n - 1))
 
 
-def reliability(hyps: Tensor, target: Tensor) -> dict[str, Tensor]:
-    """Every number of the hypotheses' reliability, per (sample, joint) averaged, metres where a length (pass
-    the joints other than the root of root-relative poses: it is exactly known):
-    ``calibration`` (the curve over CALIBRATION_LEVELS) and ``calibration_error``; ``energy_score``;
-    ``coverage_50`` / ``coverage_90`` (fraction of targets inside the 50 % / 90 % spheres) and ``sharpness_90``
-    (the 90 % spheres' mean radius); the P1 of the ``mean`` and ``median`` hypothesis (fair: no ground truth
-    used) and of the ``oracle_best`` and ``oracle_worst`` hypothesis per pose (ORACLE: chosen by the ground
-    truth)."""
+def reliability(hyps: Tensor, target: Tensor, exact: Sequence[int] = ()) -> dict[str, Tensor]:
+    """Every number of the hypotheses' reliability, metres where a length: ``calibration`` (the curve over
+    CALIBRATION_LEVELS) and ``calibration_error``; ``energy_score``; ``coverage_50`` / ``coverage_90``
+    (fraction of targets inside the 50 % / 90 % spheres) and ``sharpness_90`` (the 90 % spheres' mean radius),
+    each averaged over the (sample, joint) pairs of the joints not in ``exact``; and, over every joint as P1
+    is, the P1 of the ``mean`` and ``median`` hypothesis (fair: no ground truth used) and of the
+    ``oracle_best`` (:func:`j_best_mpjpe`) and ``oracle_worst`` hypothesis per pose (ORACLE: chosen by the
+    ground truth). ``exact``: joints every hypothesis gets exactly right by construction (the root of a
+    root-relative pose): their spheres have radius 0, so they would count as outside at every level and add
+    zeros to the energy score and the sharpness."""
+    per_hypothesis = mpjpe(hyps, target.expand_as(hyps))                   # (H, ...), every joint
+    fair = {f"{how}_hypothesis_p1": j_agg_mpjpe(hyps, target, how).mean() for how in ("mean", "median")}
+    if exact:
+        kept = [j for j in range(target.shape[-2]) if j not in exact]
+        hyps, target = hyps[..., kept, :], target[..., kept, :]
     levels = torch.tensor(CALIBRATION_LEVELS, dtype=torch.float64, device=hyps.device)
     curve = calibration_curve(hyps, target, levels)
     radius_90 = quantile_radii(hyps, torch.tensor([0.9], dtype=torch.float64, device=hyps.device))[0]
-    per_hypothesis = mpjpe(hyps, target.expand_as(hyps))                   # (H, ...)
     return {
         "calibration": curve,
         "calibration_error": calibration_error(curve, levels),
@@ -347,8 +354,7 @@ def reliability(hyps: Tensor, target: Tensor) -> dict[str, Tensor]:
         "coverage_50": curve[CALIBRATION_LEVELS.index(0.5)],
         "coverage_90": curve[CALIBRATION_LEVELS.index(0.9)],
         "sharpness_90": radius_90.mean(),
-        "mean_hypothesis_p1": j_agg_mpjpe(hyps, target, "mean").mean(),
-        "median_hypothesis_p1": j_agg_mpjpe(hyps, target, "median").mean(),
+        **fair,
         "oracle_best_p1": per_hypothesis.amin(dim=0).mean(),
         "oracle_worst_p1": per_hypothesis.amax(dim=0).mean(),
     }

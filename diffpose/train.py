@@ -687,8 +687,8 @@ def evaluate_rows(
         err = (pose - target).norm(dim=-1)                                   # (N, J)
         out["spread_error_corr"] = float(torch.corrcoef(torch.stack([spread.flatten(), err.flatten()]))[0, 1])
         out["hypotheses"] = int(hyps.shape[0])
-        # The root of a root-relative pose is exactly known: reliability over the other joints.
-        found = metrics.reliability(hyps[..., 1:, :], target[..., 1:, :])
+        # The root of a root-relative pose is exactly known: left out of the distribution's numbers.
+        found = metrics.reliability(hyps, target, exact=(0,))
         out["calibration"] = [float(v) for v in found.pop("calibration")]
         out.update({k: float(v) * (1.0 if k in UNITLESS else mm) for k, v in found.items()})
     return out

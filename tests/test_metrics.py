@@ -439,6 +439,21 @@ def test_mean_median_best_and_worst_hypothesis_errors_are_named_apart():
     assert float(r["oracle_worst_p1"]) == pytest.approx(6.0 / 2)
 
 
+def test_exact_joints_leave_the_distribution_numbers_but_not_the_p1s():
+    _, hyps, target = _gaussian_hypotheses(20, 50, 4, 0.05)
+    hyps[..., 0, :], target[..., 0, :] = 0.0, 0.0                    # a root-relative pose's root
+    r = metrics.reliability(hyps, target, exact=(0,))
+    rest = metrics.reliability(hyps[..., 1:, :], target[..., 1:, :])
+    for key in ("calibration_error", "energy_score", "coverage_50", "coverage_90", "sharpness_90"):
+        assert float(r[key]) == pytest.approx(float(rest[key]))
+    # the root, a sphere of radius 0 that holds no target, would pull the curve toward 0
+    assert float(metrics.reliability(hyps, target)["coverage_50"]) == pytest.approx(float(r["coverage_50"]) * 3 / 4)
+    # the P1s average every joint, as P1 does: the oracle best is j_best_mpjpe
+    assert float(r["oracle_best_p1"]) == pytest.approx(float(metrics.j_best_mpjpe(hyps, target).mean()))
+    assert float(r["mean_hypothesis_p1"]) == pytest.approx(float(metrics.j_agg_mpjpe(hyps, target).mean()))
+    assert float(r["mean_hypothesis_p1"]) == pytest.approx(float(rest["mean_hypothesis_p1"]) * 3 / 4)
+
+
 def test_quantile_radii_interpolate_as_numpy():
     import numpy as np
 
