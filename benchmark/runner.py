@@ -208,13 +208,14 @@ def needs(todo: list[Trial], trained: Callable[[Config], bool]) -> tuple[list[Tr
     for t in todo:
         if not t.eval_only:
             trains.setdefault(t.training, t.id)
+    ready = {t.id: trained(t.config) for t in todo}       # its weights are in the cache
     waits: dict[str, set[str]] = {}
     for t in todo:
-        need = None if trained(t.config) else _need(t)
+        need = None if ready[t.id] else _need(t)
         by = trains.get(need.identity(t.fingerprint)) if need is not None else None
         waits[t.id] = {by} if by is not None and by != t.id and not trained(need) else set()
     needed = set().union(*waits.values())
-    return sorted(todo, key=lambda t: (t.id not in needed, not trained(t.config))), waits
+    return sorted(todo, key=lambda t: (t.id not in needed, not ready[t.id])), waits
 
 
 def _need(t: Trial) -> Config | None:
