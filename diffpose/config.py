@@ -101,6 +101,7 @@ class Encoder:
     bn_momentum_end: float = 0.0
     flip_augment: bool = False
     draw_kernels: bool = False
+    precise_bn: int = 0
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,10 @@ class Train:
     # Batch-norm momentum decayed exponentially per epoch from PyTorch's 0.1 to this at train.epochs
     # (VideoPose3D: 0.001); 0 = the layers' own momentum, unchanged.
     bn_momentum_end: float = 0.0
+    # Training poses over which every batch norm's statistics are re-estimated (a plain average, the weights
+    # fixed) before each validation, instead of the running averages of training ("precise BN", Wu & Johnson
+    # 2021); 0 = the running averages, as every released recipe.
+    precise_bn: int = 0
     flip_augment: bool = False            # random left/right mirroring of training samples
     draw_kernels: bool = True             # training 2D input: a GMM kernel's mean drawn per joint from pi
     ema: float = 0.0                      # EMA decay of the weights, used at evaluation; 0 = off
@@ -280,7 +285,7 @@ class Config:
             unused = () if self.uses_encoder else ("encoder",)
             unused += () if self.model.lifter == "diffpose" else ("diffusion",)
             used = [s for s in _SECTIONS if s not in unused]
-            flat = {k: v for k, v in self.flatten(used).items() if k not in MACHINE_KEYS}
+            flat = {k: v for k, v in self.flatten(used).items() if k not in MACHINE_KEYS and not _unset_late(k, v)}
             if self.train.stop_at_convergence:  # where it stops depends on the rule
                 flat["train.convergence_rule"] = convergence.RULE
             blob = json.dumps({"config": flat, "store": fingerprint}, sort_keys=True, separators=(",", ":"))
@@ -300,7 +305,9 @@ class Config:
 
     def hash(self) -> str:
         """Stable short hash of the resolved config (identity of a trial or a cached encoder)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        resolved = {name: {k: v for k, v in keys.items() if not _unset_late(f"{name}.{k}", v)}
+                    for name, keys in self.to_dict().items()}
+        blob = json.dumps(resolved, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def encoder_config(self) -> Config:
@@ -379,6 +386,7 @@ class Config:
             need(value.weight_decay >= 0 and value.grad_clip >= 0 and value.lr_gamma > 0 and value.lr_step >= 1,
                  f"{key}.weight_decay/grad_clip/lr_gamma/lr_step", "must be >= 0 (lr_gamma > 0, lr_step >= 1)")
             need(0.0 <= value.bn_momentum_end <= 1.0, f"{key}.bn_momentum_end", "must be in [0, 1]")
+            need(value.precise_bn >= 0, f"{key}.precise_bn", "must be >= 0")
         need(0.0 <= t.ema < 1.0, "train.ema", "must be in [0, 1)")
         need(t.metric in ("val_p1", "val_p2"), "train.metric", "must be 'val_p1' or 'val_p2'")
         need(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", t.device) is not None, "train.device",
@@ -395,7 +403,7 @@ LR_SCHEDULES = ("exp", "step", "steps", "cosine")
 # Across lifters the recipe differs in these [train] keys, which an [encoder] section repeats for its lifter:
 ENCODER_TRAIN_KEYS = ("train.epochs", "train.batch_size", "train.optimizer", "train.lr", "train.weight_decay",
                       "train.lr_schedule", "train.lr_gamma", "train.lr_step", "train.grad_clip",
-                      "train.bn_momentum_end", "train.flip_augment", "train.draw_kernels")
+                      "train.bn_momentum_end", "train.precise_bn", "train.flip_augment", "train.draw_kernels")
 _FRAME_BASELINE = {"train.flip_augment": False, "train.draw_kernels": False, "train.bn_momentum_end": 0.0,
                    "train.weight_decay": 0.0, "data.flip_test": False}  # their released code: no flips, detections
 LIFTER_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -535,6 +543,15 @@ ABLATION_KEYS: dict[str, str] = {**{axis: next(iter(o)) for _, (axis, _, o) in V
 
 # Where the run happens, never what it computes: left out of a training's identity (Config.portable).
 MACHINE_KEYS: frozenset[str] = frozenset({"data.store", "train.device", "train.threads", "train.eval_batch_size"})
+# Keys added after trainings were first cached, in a training's identity and a config's hash only when set away
+# from these values, which compute what the trainings before them did: those keep their identity and weights.
+HASHED_IF_SET: dict[str, Any] = {"train.precise_bn": 0, "encoder.precise_bn": 0}
+
+
+def _unset_late(key: str, value: Any) -> bool:
+    """Whether ``key`` is one of ``HASHED_IF_SET`` at the value it is left out of hashes with."""
+    return key in HASHED_IF_SET and value == HASHED_IF_SET[key]
+
 # Keys that change how trained weights are evaluated, never the weights: `diffpose-bench evaluate` may override
 # them on top of a checkpoint's own config (Config.for_evaluation); every other key is what the weights depend on.
 EVALUATION_KEYS: frozenset[str] = MACHINE_KEYS | {

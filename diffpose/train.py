@@ -168,6 +168,29 @@ def set_bn_momentum(module: torch.nn.Module, momentum: float) -> None:
             m.momentum = momentum
 
 
+@torch.no_grad()
+def precise_batch_norm(lifter: Lifter, sampler: Sampler, rows: np.ndarray, cfg: Config,
+                       generator: torch.Generator) -> None:
+    """Every batch norm's statistics re-estimated over ``train.precise_bn`` shuffled training poses (whole
+    batches of ``train.batch_size``, at least one), the weights fixed, the forward of a training step (its input
+    drawing and augmentation): the mean over the poses, the variance as the batches' own averaged (what
+    training normalises by). Each layer keeps its momentum; a frozen module's (an encoder's) are left as they are."""
+    t = cfg.train
+    lifter.train()
+    norms = [m for m in lifter.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # PyTorch's cumulative average
+    for batch in sampler.epoch(rows, t.batch_size, generator, draw_kernels=t.draw_kernels,
+                               flip_augment=t.flip_augment, steps=max(1, math.ceil(t.precise_bn / t.batch_size))):
+        lifter.loss(batch, generator)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+
+
 def bn_momentum(t: Train, epoch: int) -> float:
     """VideoPose3D's batch-norm momentum of ``epoch`` (from 0): 0.1 decayed exponentially to
     ``bn_momentum_end`` at ``train.epochs``."""
@@ -415,8 +438,13 @@ def _fit(cfg: Config, out_dir: Path, cache: Path | None, on_epoch: Callable[[dic
         train_seconds = time.perf_counter() - t_epoch
 
         live = ema.swap_into(lifter) if ema is not None else None
+        if t.precise_bn and optimizer is not None:
+            precise_batch_norm(lifter, sampler, rows.train, cfg,
+                               torch.Generator(device=device).manual_seed(t.seed * 100_003 + epoch))
         val = evaluate_rows(lifter, sampler, store, rows.val, cfg, generator_seed=t.seed)
+        evaluated = lifter.state_dict()  # the weights and statistics this validation measured
         if live is not None:
+            evaluated = {k: v.detach().clone() for k, v in evaluated.items()}
             lifter.load_state_dict(live, strict=False)
         record = {"epoch": epoch + 1, "train_loss": loss, "lr": lr, "val_p1": val["p1"], "val_p2": val["p2"],
                   "train_seconds": train_seconds, "samples_per_second": seen / max(train_seconds, 1e-9),
@@ -437,10 +465,8 @@ def _fit(cfg: Config, out_dir: Path, cache: Path | None, on_epoch: Callable[[dic
         }
         _save(state, out_dir / CHECKPOINT)
         if improved:
-            weights = ema.shadow if ema is not None else None
-            model_state = {**lifter.state_dict(), **weights} if weights else lifter.state_dict()
             _save({"config": cfg.to_dict(), "config_hash": identity, "lifter": cfg.model.lifter,
-                   "model": model_state, "epoch": epoch + 1, "metric": metric}, out_dir / BEST)
+                   "model": evaluated, "epoch": epoch + 1, "metric": metric}, out_dir / BEST)
         log.info("epoch %d/%d  loss %.4f  val P1 %.1f mm  P2 %.1f mm  (%.0f samples/s)%s%s", epoch + 1,
                  t.epochs, record["train_loss"], record["val_p1"], record["val_p2"],
                  record["samples_per_second"], "  *" if improved else "", "  converged" if stopped else "")

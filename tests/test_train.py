@@ -15,7 +15,9 @@ from diffpose import convergence
 from diffpose.config import Config
 from diffpose.convergence import converged
 from diffpose.data.source import DataError
-from diffpose.train import evaluate, fit, load_checkpoint, trained
+from diffpose.data.store import PoseStore, Sampler
+from diffpose.lifters import build_lifter
+from diffpose.train import evaluate, fit, load_checkpoint, precise_batch_norm, predict_rows, splits, trained
 
 pytestmark = pytest.mark.slow
 
@@ -209,6 +211,45 @@ def test_fit_leaves_the_callers_threads_and_random_state_as_they_were(mocap_stor
     fit(cfg, tmp_path / "run", progress=False)
     assert torch.get_num_threads() == 1
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_precise_batch_norm_sets_the_statistics_of_the_training_poses(mocap_store):
+    cfg = tiny(mocap_store, **{"model.lifter": "semgcn", "train.batch_size": 64, "train.precise_bn": 640})
+    store = PoseStore.open(mocap_store)
+    rows = splits(cfg, store).train[:640]
+    sampler = Sampler(store, kernels=cfg.data.kernels)
+    lifter = build_lifter(cfg)
+    lifter.fit_statistics(store, rows, torch.Generator().manual_seed(0))
+    first = lifter.net.input.norm  # its input, the first graph convolution's output, does not depend on the BN
+    first.running_mean.fill_(5.0)
+    first.running_var.fill_(9.0)
+    seen: list[torch.Tensor] = []
+    hook = first.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    predict_rows(lifter.eval(), sampler, rows, cfg)
+    every_pose = torch.cat(seen)
+    seen.clear()
+    precise_batch_norm(lifter, sampler, rows, cfg, torch.Generator().manual_seed(1))
+    hook.remove()
+
+    assert len(seen) == 10 and sum(len(b) for b in seen) == len(every_pose), "10 batches: the 640 poses once"
+    torch.testing.assert_close(first.running_mean, every_pose.mean(0), rtol=1e-4, atol=1e-5)
+    # the variance is the batches' own averaged, as training normalises by a batch's variance
+    torch.testing.assert_close(first.running_var, torch.stack([b.var(0) for b in seen]).mean(0))
+    assert first.momentum == 0.1 and first.num_batches_tracked == 10, "each layer keeps its own momentum"
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_the_best_checkpoint_holds_the_weights_and_statistics_it_was_selected_with(mocap_store, tmp_path, ema):
+    first_val = {}
+    for precise_bn in (256, 0):
+        cfg = tiny(mocap_store, **{"model.lifter": "semgcn", "train.precise_bn": precise_bn, "train.ema": ema})
+        result = fit(cfg, tmp_path / f"precise{precise_bn}", progress=False)
+        # evaluated again, the saved best gives the validation P1 it was chosen by: its batch norm statistics
+        # are the re-estimated ones, its weights the averaged ones with EMA
+        assert evaluate(cfg, result.best_checkpoint, "val")["p1"] == pytest.approx(result.best_metric, rel=1e-5)
+        first_val[precise_bn] = result.history[0]["val_p1"]
+    assert first_val[256] != first_val[0]
+    assert cfg.override({"train.precise_bn": 256}).identity("fp") != cfg.identity("fp")
 
 
 # GraFormer seed 1 on the stand-in (val P1, mm, epochs 1-24): a six-epoch plateau at 46.5 after epoch 18; the
