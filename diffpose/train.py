@@ -161,10 +161,13 @@ def _optimizer(t: Train, params: list[torch.nn.Parameter]) -> torch.optim.Optimi
     return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, amsgrad=t.optimizer == "amsgrad")
 
 
+BATCH_NORMS = torch.nn.BatchNorm1d | torch.nn.BatchNorm2d  # the batch norms our models use
+
+
 def set_bn_momentum(module: torch.nn.Module, momentum: float) -> None:
     """Every batch norm's momentum (PyTorch's convention: the weight of the new batch's statistics)."""
     for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
+        if isinstance(m, BATCH_NORMS):
             m.momentum = momentum
 
 
@@ -177,7 +180,7 @@ def precise_batch_norm(lifter: Lifter, sampler: Sampler, rows: np.ndarray, cfg: 
     training normalises by). Each layer keeps its momentum; a frozen module's (an encoder's) are left as they are."""
     t = cfg.train
     lifter.train()
-    norms = [m for m in lifter.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
+    norms = [m for m in lifter.modules() if isinstance(m, BATCH_NORMS) and m.training]
     if not norms:
         return
     momenta = [m.momentum for m in norms]
@@ -439,6 +442,7 @@ def _fit(cfg: Config, out_dir: Path, cache: Path | None, on_epoch: Callable[[dic
 
         live = ema.swap_into(lifter) if ema is not None else None
         if t.precise_bn and optimizer is not None:
+            # its own draws, one stream per epoch: the training's generator goes on as without it
             precise_batch_norm(lifter, sampler, rows.train, cfg,
                                torch.Generator(device=device).manual_seed(t.seed * 100_003 + epoch))
         val = evaluate_rows(lifter, sampler, store, rows.val, cfg, generator_seed=t.seed)
