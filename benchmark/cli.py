@@ -141,6 +141,32 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _cmd_carry(args: argparse.Namespace) -> int:
+    """The suite's trainings from the results' cache into the folder they travel in (diffpose.carry)."""
+    from benchmark.suite import SuiteError, load_suite
+    from diffpose.carry import carry_out
+    from diffpose.train import TRAININGS
+
+    suite = load_suite(args.suite, check_data=False)
+    folder = args.to.resolve() if args.to else suite.carry
+    if folder is None:
+        raise SuiteError(f"{args.suite}: suite.carry: the suite names no folder to carry its trainings in; "
+                         f"give one with --to")
+    for ds in suite.datasets.values():
+        if not (ds.store / "meta.json").is_file():
+            raise DataError(ds.store, "no store here: the suite has not run on this machine (nothing to carry)")
+    if folder.exists() and not folder.is_dir():
+        raise DataError(folder, "a file, not a folder (the trainings travel in a folder)")
+    cache = args.results / TRAININGS
+    if not cache.is_dir():
+        raise DataError(cache, "no trainings here: the suite has not run with these results")
+    carried = carry_out(suite.trainings(suite.trials(suite.fingerprints())), cache, folder)
+    print(f"{carried.line('carried')} of suite {suite.name} to {folder}")
+    for identity, epoch in sorted(carried.partway.items()):
+        print(f"  {identity}: part-way, after epoch {epoch + 1}")
+    return 0
+
+
 def _cmd_tune(args: argparse.Namespace) -> int:
     from benchmark.search import run_search
 
@@ -360,6 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "`tune` exports); the runs go to the experiment '<suite>+<file stem>'")
     ab.add_argument("--no-report", action="store_true")
     ab.set_defaults(func=_cmd_ablate)
+
+    ca = sub.add_parser("carry", help="write a suite's finished and part-way trainings into the folder they "
+                                      "travel in (suite.carry, or --to), for another machine to continue from")
+    ca.add_argument("--suite", type=Path, required=True)
+    ca.add_argument("--results", type=Path, default=Path("results"))
+    ca.add_argument("--to", type=Path, metavar="FOLDER", help="default: the suite's suite.carry")
+    ca.set_defaults(func=_cmd_carry)
 
     tu = sub.add_parser("tune", help="a hyperparameter search (Optuna drives, trials train as Ray tasks, tracked "
                                      "in MLflow): exports the best config, then the report")

@@ -37,6 +37,7 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from benchmark import tracking
 from benchmark.suite import DatasetSpec, Suite, Trial, load_suite
 from benchmark.trial import run_trial
+from diffpose.carry import carry_in, carry_out
 from diffpose.config import Config
 from diffpose.data.store import prepare
 from diffpose.train import TRAININGS, is_trained
@@ -378,6 +379,8 @@ def run_suite(
     cache = setup.cache
     ctx = setup.context(parent)
 
+    if suite.carry is not None and suite.carry.is_dir():
+        log.info("%s from %s", carry_in(suite.carry, cache).line("carried in"), suite.carry)
     todo_encoders = [e for e in encoders if e.id not in finished and not is_trained(e.config, cache)]
     todo = [t for t in trials if t.id not in finished]
     skipped = len(trials) - len(todo)
@@ -401,6 +404,9 @@ def run_suite(
         # what ended since the first lookup (this invocation's trials, others' too), left for the next lookup
         known = tracking.find_finished(client, experiment_id, known)
         tracking.write_index(client, parent, known)
+        if suite.carry is not None:
+            carried = carry_out(suite.trainings(trials), cache, suite.carry)
+            log.info("%s to %s", carried.line("carried out"), suite.carry)
         summary.done = len(known.among(t.id for t in todo))
         summary.wall_seconds = time.perf_counter() - t_start
         for key, value in (("trials_done", summary.done), ("trials_failed", len(failed)),

@@ -2,9 +2,10 @@
 
 A suite names the datasets (each a prepared store, or how to prepare it), the base config, the variants
 (named presets of ``diffpose.config.VARIANTS``), axes of values (``steps = [1, 2, 5]``), seeds, per-trial
-resources and the failure budget. Everything is checked before anything is scheduled: an unknown key, a
-wrong type, an unknown lifter or variant, or missing data raises :class:`SuiteError`, one line naming the
-file and the key.
+resources, the failure budget and, optionally, a folder its trainings travel in between machines
+(``carry``: :mod:`diffpose.carry`, relative to where the suite runs, as the stores). Everything is checked
+before anything is scheduled: an unknown key, a wrong type, an unknown lifter or variant, or missing data
+raises :class:`SuiteError`, one line naming the file and the key.
 
 Example::
 
@@ -147,6 +148,7 @@ class Suite:
     cpu: float
     gpu: float
     max_failures: int
+    carry: Path | None = None  # absolute: the folder its trainings travel in (diffpose.carry), if it names one
 
     def fingerprints(self) -> dict[str, str]:
         """Each dataset's store content fingerprint (the stores must exist: prepare them first)."""
@@ -236,6 +238,11 @@ class Suite:
                     out.setdefault(trial.id, trial)
         return list(out.values())
 
+    def trainings(self, trials: list[Trial]) -> set[str]:
+        """The identities of the trainings ``trials`` need, their context encoders' included: what the suite
+        carries (``carry``)."""
+        return {t.training for t in trials + self.encoder_trials(trials)}
+
     def _config(self, ds: DatasetSpec, variant: str, overrides: dict[str, Any], seed: int,
                 built: dict[str, Config]) -> Config:
         """The trial's config: [base] and the dataset's set (for every training, its encoder's too), then the
@@ -255,7 +262,7 @@ class Suite:
         return built[variant]
 
 
-_SUITE_KEYS = {"name", "description", "datasets", "variants", "seeds", "max_failures"}
+_SUITE_KEYS = {"name", "description", "datasets", "variants", "seeds", "max_failures", "carry"}
 _TOP_KEYS = {"suite", "axes", "resources", "datasets", "base", "variant"}
 
 
@@ -328,11 +335,25 @@ def load_suite(path: str | Path, *, check_data: bool = True) -> Suite:
         variants=variants, axes=axes, seeds=seeds, base=table_of(raw, "base", fail),
         variant_overrides=variant_overrides, cpu=cpu, gpu=gpu,
         max_failures=typed(head.get("max_failures", 2), int, "suite.max_failures", fail),
+        carry=carry_folder(head, fail),
     )
     if suite.max_failures < 0:
         raise fail("suite.max_failures", f"must be >= 0 (retries of a failed trial), got {suite.max_failures}")
     _ = suite.expanded  # every config validates now, before anything starts
     return suite
+
+
+def carry_folder(head: dict[str, Any], fail: Any) -> Path | None:
+    """``suite.carry``: the folder the suite's trainings travel in (:mod:`diffpose.carry`), or None."""
+    if "carry" not in head:
+        return None
+    value = typed(head["carry"], str, "suite.carry", fail)
+    if not value.strip():
+        raise fail("suite.carry", "must name a folder (the trainings that travel), got an empty string")
+    folder = Path(value).resolve()
+    if folder.exists() and not folder.is_dir():
+        raise fail("suite.carry", f"{folder} is a file, not a folder")
+    return folder
 
 
 def dataset_spec(key: str, t: Any, path: Path, fail: Any, check_data: bool) -> DatasetSpec:

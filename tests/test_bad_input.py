@@ -733,3 +733,20 @@ def test_fit_gmm_out_is_a_file(tmp_path, capsys):
     out.write_text("mine")
     one_line(*run(capsys, "fit-gmm", _heatmap_file(tmp_path / "h.npz", "good"), "--out", out), str(out))
     assert out.read_text() == "mine"
+
+
+def test_carry_mistakes(store, tmp_path, capsys):
+    text = f'[suite]\nname = "s"\nvariants = ["simple_baseline"]\n\n[datasets.d]\nstore = "{store}"\n'
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    results, folder = tmp_path / "results", tmp_path / "carried"
+    one_line(*run(capsys, "carry", "--suite", path, "--results", results), str(path), "suite.carry", "--to")
+    one_line(*run(capsys, "carry", "--suite", path, "--results", results, "--to", folder),
+             str(results / "trainings"), "has not run")
+    (results / "trainings").mkdir(parents=True)
+    one_line(*run(capsys, "carry", "--suite", path, "--results", results, "--to", path), str(path), "not a folder")
+    path.write_text(text.replace('name = "s"', f'name = "s"\ncarry = "{tmp_path / "none" / "store"}"')
+                    .replace(str(store), str(tmp_path / "none" / "store")))
+    one_line(*run(capsys, "carry", "--suite", path, "--results", results), str(tmp_path / "none" / "store"),
+             "no store")
+    assert not folder.exists() and not (tmp_path / "none").exists()

@@ -567,6 +567,35 @@ def test_killed_driver_then_rerun_skips_finished_trials_and_runs_the_rest(loopba
         assert json.loads(listed) == sorted(runs)
 
 
+def test_a_suite_goes_on_on_another_machine_from_the_trainings_it_carried(loopback, mocap_store, tmp_path):
+    """``suite.carry``: the first run writes its trainings to the folder; a run with other results (another
+    machine's) takes them from it and trains nothing, its test numbers the first run's."""
+    carried = tmp_path / "carried"
+    suite_file = _suite(tmp_path / "carry.toml", "carry", mocap_store, ["simple_baseline"], epochs=2)
+    suite_file.write_text(suite_file.read_text().replace('name = "carry"', f'name = "carry"\ncarry = "{carried}"'))
+    outs, logs, metrics = [], [], []
+    for machine in ("first", "second"):
+        ray_tmp = _short_temp_dir(f"dpray-{machine[0]}")
+        env = _env(RAY_TMPDIR=str(ray_tmp), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
+        results = tmp_path / machine
+        try:
+            outs.append(_finish(_ablate(suite_file, results, env, tmp_path / f"{machine}.log")))
+            logs.append(_node_logs(ray_tmp))
+        finally:
+            _kill(_live(lambda _pgid, cmd, where=str(ray_tmp): where in cmd))
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+        (run,) = _trial_runs(_client(f"sqlite:///{results / 'mlflow.db'}"), "carry", "FINISHED")
+        metrics.append({k: v for k, v in run.data.metrics.items() if k.startswith(("test_p1", "test_p2"))})
+    assert "carried out 1 finished, 0 part-way" in outs[0]
+    (folder,) = carried.iterdir()   # 2 epochs, its cap, short of convergence: its checkpoint travels too
+    assert {f.name for f in folder.iterdir()} == {"done.json", "best.pt", "checkpoint.pt"}
+    assert TRAINING.findall(outs[0] + logs[0]) and "carried in" not in outs[0]
+    assert "carried in 1 finished, 0 part-way" in outs[1]
+    assert not TRAINING.findall(outs[1] + logs[1]), "the second machine trained again"
+    assert "carried out 0 finished, 0 part-way, 1 already there" in outs[1]
+    assert metrics[1] == metrics[0] and "test_p1" in metrics[0]
+
+
 def test_bad_suite_fails_before_anything_starts(tmp_path):
     suite_file = _suite(tmp_path / "bad.toml", "bad", tmp_path / "no_store", ["graformer"], epochs=1)
     suite_file.write_text(suite_file.read_text().replace("seeds = [0]", "seeds = [0]\nseed = 1"))

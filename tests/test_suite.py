@@ -80,6 +80,9 @@ BAD = [  # (case, (old, new) replacements in the valid text or text to append, t
     ("unknown prepare dataset", ("store = ", 'prepare = { dataset = "h37m", root = "." }\nstore = '),
      "datasets.mocap17.prepare.dataset"),
     ("not TOML", ("[base]", "[base"), "not valid TOML"),
+    ("carry as a number", ("seeds = [0]", "seeds = [0]\ncarry = 3"), "suite.carry"),
+    ("carry as an empty string", ("seeds = [0]", 'seeds = [0]\ncarry = " "'), "suite.carry"),
+    ("carry to a file", ("seeds = [0]", f'seeds = [0]\ncarry = "{__file__}"'), "suite.carry"),
 ]
 
 

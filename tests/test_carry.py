@@ -1,0 +1,137 @@
+"""Trainings that travel (diffpose.carry): what a carried folder holds, and that a cache continued from it on
+another machine trains on epoch for epoch, or not at all once finished. Suites end to end: tests/test_cluster.py."""
+
+import fcntl
+import json
+
+import pytest
+import torch
+
+from diffpose import train
+from diffpose.carry import carry_in, carry_out
+from diffpose.config import Config
+from diffpose.data.source import DataError
+from diffpose.data.store import store_meta
+from diffpose.train import load_checkpoint, trained
+
+pytestmark = pytest.mark.slow
+
+TINY = {"train.steps_per_epoch": 3, "train.batch_size": 64, "train.val_max_frames": 300, "data.eval_stride": 50,
+        "train.eval_batch_size": 1024, "model.hidden": 32}
+KEY = ("epoch", "train_loss", "val_p1", "val_p2", "lr")
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_after_first(record, _path):
+    if record["epoch"] == 1:
+        raise Stop
+
+
+def configs(store) -> dict[str, Config]:
+    base = Config().override({"data.store": str(store), **TINY})
+    return {"part": base.override({"model.lifter": "graformer", "train.epochs": 3}),
+            "capped": base.override({"model.lifter": "simple_baseline", "train.epochs": 2}),
+            "mean": base.override({"model.lifter": "mean_pose", "train.epochs": 1})}
+
+
+def identity(cfg: Config) -> str:
+    return cfg.identity(store_meta(cfg.data.store)["fingerprint"])
+
+
+def files(folder) -> dict[str, set[str]]:
+    return {d.name: {f.name for f in d.iterdir()} for d in folder.iterdir()}
+
+
+def curve(history) -> list[dict]:
+    return [{k: h[k] for k in KEY} for h in history]
+
+
+def test_a_cache_continued_from_carried_trainings_trains_on_as_the_first_would_have(mocap_store, tmp_path,
+                                                                                      monkeypatch):
+    cfgs = configs(mocap_store)
+    ids = {name: identity(cfg) for name, cfg in cfgs.items()}
+    here, there, carried = tmp_path / "here", tmp_path / "there", tmp_path / "carried"
+    with pytest.raises(Stop):
+        trained(cfgs["part"], here, progress=False, on_epoch=stop_after_first)    # killed after epoch 1
+    capped = trained(cfgs["capped"], here, progress=False)     # 2 epochs: its cap, short of convergence
+    mean = trained(cfgs["mean"], here, progress=False)         # nothing to train: converged
+
+    out = carry_out(ids.values(), here, carried)
+    assert sorted(out.finished) == sorted([ids["capped"], ids["mean"]]) and out.partway == {ids["part"]: 0}
+    assert files(carried) == {ids["part"]: {"checkpoint.pt", "best.pt"},
+                              ids["capped"]: {"done.json", "best.pt", "checkpoint.pt"},
+                              ids["mean"]: {"done.json", "best.pt"}}
+    assert carry_out(ids.values(), here, carried).unchanged == sorted(ids.values())   # nothing new: nothing written
+
+    # Another machine: the finished ones are found, not trained again; the part-way one resumes at epoch 2.
+    got = carry_in(carried, there)
+    assert sorted(got.finished) == sorted([ids["capped"], ids["mean"]]) and got.partway == {ids["part"]: 0}
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("a finished training was trained again"))
+    assert trained(cfgs["capped"], there, progress=False).history == capped.history
+    assert trained(cfgs["mean"], there, progress=False).history == mean.history
+    monkeypatch.undo()
+    resumed = trained(cfgs["part"], there, progress=False)
+    whole = trained(cfgs["part"], tmp_path / "whole", progress=False)
+    assert curve(resumed.history) == curve(whole.history)
+    for name in ("checkpoint.pt", "best.pt"):
+        a, b = (load_checkpoint(r.out_dir / name)["model"] for r in (whole, resumed))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    # What the first machine carried is behind the second's: nothing comes back over it.
+    assert carry_in(carried, there).unchanged == sorted(ids.values())
+    assert trained(cfgs["part"], there, progress=False).history == resumed.history
+
+    # A raised cap on the second machine continues the capped training from its carried checkpoint.
+    longer = trained(cfgs["capped"].override({"train.epochs": 3}), there, progress=False)
+    assert longer.history[:2] == capped.history and len(longer.history) == 3
+
+
+def test_a_training_that_converged_since_leaves_its_checkpoint_behind(mocap_store, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "converged", lambda curve: len(curve) >= 2)   # the rule, met at epoch 2
+    cfg = configs(mocap_store)["part"]
+    here, carried = tmp_path / "here", tmp_path / "carried"
+    with pytest.raises(Stop):
+        trained(cfg, here, progress=False, on_epoch=stop_after_first)
+    carry_out([identity(cfg)], here, carried)
+    assert files(carried) == {identity(cfg): {"checkpoint.pt", "best.pt"}}
+    done = trained(cfg, here, progress=False)
+    assert done.converged and done.epochs == 2
+    assert carry_out([identity(cfg)], here, carried).finished == [identity(cfg)]
+    assert files(carried) == {identity(cfg): {"done.json", "best.pt"}}
+    assert json.loads((carried / identity(cfg) / "done.json").read_text())["history"] == done.history
+
+
+def test_a_foreign_or_mislabelled_carried_file_is_refused_before_anything_is_copied(mocap_store, tmp_path):
+    cfgs = configs(mocap_store)
+    here, carried = tmp_path / "here", tmp_path / "carried"
+    trained(cfgs["capped"], here, progress=False)
+    trained(cfgs["mean"], here, progress=False)
+    carry_out([identity(c) for c in cfgs.values()], here, carried)
+    # a torch file holding an object, not tensors and plain data: refused unread, named
+    bad = carried / identity(cfgs["capped"]) / "checkpoint.pt"
+    torch.save({"config": {}, "config_hash": bad.parent.name, "model": Stop("not plain data")}, bad)
+    with pytest.raises(DataError, match=f"^{bad}: not a checkpoint"):
+        carry_in(carried, tmp_path / "there")
+    assert not (tmp_path / "there").exists()
+    # one training's weights in another's folder
+    (carried / identity(cfgs["capped"])).rename(tmp_path / "aside")
+    moved = carried / identity(cfgs["mean"]) / "best.pt"
+    (tmp_path / "aside" / "best.pt").replace(moved)
+    with pytest.raises(DataError, match=f"^{moved}: the weights of training {identity(cfgs['capped'])}"):
+        carry_in(carried, tmp_path / "there")
+    assert not (tmp_path / "there").exists()
+
+
+def test_a_training_in_progress_in_the_cache_is_left_to_its_process(mocap_store, tmp_path):
+    cfg = configs(mocap_store)["part"]
+    here, there, carried = tmp_path / "here", tmp_path / "there", tmp_path / "carried"
+    with pytest.raises(Stop):
+        trained(cfg, here, progress=False, on_epoch=stop_after_first)
+    carry_out([identity(cfg)], here, carried)
+    (there / identity(cfg)).mkdir(parents=True)
+    with open(there / identity(cfg) / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert carry_in(carried, there).busy == [identity(cfg)]
+    assert files(there) == {identity(cfg): {".lock"}}
