@@ -4,14 +4,15 @@ where this one stopped. A study of many hours can then run in pieces on machines
 
 A carried training is a folder named by its identity (:meth:`diffpose.config.Config.identity`) holding
 
-- when finished: ``done.json`` and ``best.pt``, and ``checkpoint.pt`` too when it stopped at its epoch cap short
-  of convergence, so that a raised cap continues it (:func:`diffpose.train.shorter_training`). A converged
-  training never trains again (the rule stopped it), so its checkpoint and optimiser state stay behind;
+- when finished: ``done.json`` and ``best.pt``, and ``checkpoint.pt`` too unless the convergence rule stopped it:
+  one that ran to its epoch cap continues from it when the cap is raised (:func:`diffpose.train.shorter_training`),
+  while one the rule stopped never trains again, so its checkpoint and optimiser state stay behind;
 - when part-way: ``checkpoint.pt`` (weights, optimiser, schedule, random state, history) and ``best.pt``: it
   resumes epoch for epoch.
 
-A trial of a carried training evaluates its ``best.pt`` again on the new machine (minutes, not the training's
-hours); the trials' tracked results do not travel.
+A trial of a carried training evaluates its ``best.pt`` on the test split again on the new machine (with the
+same seed: on this kind of machine the same P1 and P2, tests/test_cluster.py); the trials' tracked results do
+not travel.
 """
 
 from __future__ import annotations
@@ -89,8 +90,10 @@ def _names(folder: Path) -> list[str]:
     """The files of the training in ``folder`` that travel, the checkpoint before the best weights (read in that
     order while the training runs, the best weights are at least as new as the checkpoint's best epoch), or []."""
     if (folder / DONE).is_file():
-        finished = [DONE, BEST]
-        return finished if _done(folder / DONE)["converged"] else [CHECKPOINT, *finished]
+        _done(folder / DONE)
+        checkpoint = folder / CHECKPOINT
+        stopped = not checkpoint.is_file() or load_checkpoint(checkpoint).get("stopped", False)
+        return [DONE, BEST] if stopped else [CHECKPOINT, DONE, BEST]
     if (folder / CHECKPOINT).is_file() and (folder / BEST).is_file():
         return [CHECKPOINT, BEST]
     return []
@@ -98,7 +101,7 @@ def _names(folder: Path) -> list[str]:
 
 def carry_out(identities: Iterable[str], cache: str | Path, folder: str | Path) -> Carried:
     """Write the trainings ``identities`` that ``cache`` holds into ``folder`` (made if missing), each as the
-    module says; a file that a training no longer needs there (the checkpoint of one that has converged since)
+    module says; a file that a training no longer needs there (the checkpoint of one the rule has stopped since)
     goes. Trainings the cache lacks, or that have not finished an epoch, are left out."""
     cache, folder = Path(cache), Path(folder)
     out = Carried()

@@ -57,13 +57,13 @@ def test_a_cache_continued_from_carried_trainings_trains_on_as_the_first_would_h
     with pytest.raises(Stop):
         trained(cfgs["part"], here, progress=False, on_epoch=stop_after_first)    # killed after epoch 1
     capped = trained(cfgs["capped"], here, progress=False)     # 2 epochs: its cap, short of convergence
-    mean = trained(cfgs["mean"], here, progress=False)         # nothing to train: converged
+    mean = trained(cfgs["mean"], here, progress=False)         # nothing to train: one epoch, not stopped by the rule
 
     out = carry_out(ids.values(), here, carried)
     assert sorted(out.finished) == sorted([ids["capped"], ids["mean"]]) and out.partway == {ids["part"]: 0}
     assert files(carried) == {ids["part"]: {"checkpoint.pt", "best.pt"},
                               ids["capped"]: {"done.json", "best.pt", "checkpoint.pt"},
-                              ids["mean"]: {"done.json", "best.pt"}}
+                              ids["mean"]: {"done.json", "best.pt", "checkpoint.pt"}}
     assert carry_out(ids.values(), here, carried).unchanged == sorted(ids.values())   # nothing new: nothing written
 
     # Another machine: the finished ones are found, not trained again; the part-way one resumes at epoch 2.
@@ -88,7 +88,7 @@ def test_a_cache_continued_from_carried_trainings_trains_on_as_the_first_would_h
     assert longer.history[:2] == capped.history and len(longer.history) == 3
 
 
-def test_a_training_that_converged_since_leaves_its_checkpoint_behind(mocap_store, tmp_path, monkeypatch):
+def test_a_training_the_rule_stopped_since_leaves_its_checkpoint_behind(mocap_store, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "converged", lambda curve: len(curve) >= 2)   # the rule, met at epoch 2
     cfg = configs(mocap_store)["part"]
     here, carried = tmp_path / "here", tmp_path / "carried"
