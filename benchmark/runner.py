@@ -361,6 +361,9 @@ def run_suite(
     log them to MLflow. The report is built by the caller (``reports``)."""
     t_start = time.perf_counter()
     suite = load_suite(suite_path)
+    if suite.carry is not None and suite.carry.is_dir():  # its files checked before anything is written
+        carried = carry_in(suite.carry, Path(results_dir).resolve() / TRAININGS)
+        log.info("%s from %s", carried.line("carried in"), suite.carry)
     setup = set_up(suite.name, suite.datasets.values(), results_dir, tracking_uri)
     client, experiment_id = setup.client, setup.experiment_id
     trials = suite.trials(suite.fingerprints())
@@ -379,8 +382,6 @@ def run_suite(
     cache = setup.cache
     ctx = setup.context(parent)
 
-    if suite.carry is not None and suite.carry.is_dir():
-        log.info("%s from %s", carry_in(suite.carry, cache).line("carried in"), suite.carry)
     todo_encoders = [e for e in encoders if e.id not in finished and not is_trained(e.config, cache)]
     todo = [t for t in trials if t.id not in finished]
     skipped = len(trials) - len(todo)

@@ -750,3 +750,16 @@ def test_carry_mistakes(store, tmp_path, capsys):
     one_line(*run(capsys, "carry", "--suite", path, "--results", results), str(tmp_path / "none" / "store"),
              "no store")
     assert not folder.exists() and not (tmp_path / "none").exists()
+
+
+def test_ablate_refuses_a_foreign_carried_file_before_anything_is_written(store, tmp_path, capsys):
+    carried = tmp_path / "carried" / "graformer-0123456789abcdef"
+    carried.mkdir(parents=True)
+    (carried / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    (carried / "best.pt").write_bytes(b"not weights")
+    path = tmp_path / "s.toml"
+    path.write_text(f'[suite]\nname = "s"\nvariants = ["graformer"]\ncarry = "{tmp_path / "carried"}"\n\n'
+                    f'[datasets.d]\nstore = "{store}"\n')
+    results = tmp_path / "results"
+    one_line(*run(capsys, "ablate", "--suite", path, "--results", results), str(carried / "checkpoint.pt"))
+    assert not results.exists()
