@@ -25,7 +25,7 @@ from benchmark.suite import Trial
 from benchmark.tracking import TrialRun, final_metrics, training_metrics
 from diffpose.data.store import store_meta
 from diffpose.train import FitResult, evaluate, pick_device, trained
-from reports.results import curve_tag
+from reports.results import TRAINING_TAG, curve_tag
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +70,20 @@ def open_run(trial: Trial, context: dict[str, Any], tags: dict[str, str] | None 
 def train_logged(trial: Trial, run: TrialRun, cache: Path, on_epoch: Callable[[dict[str, float]], None] | None = None,
                  *, log_epochs: bool = True) -> FitResult:
     """The trial's training in ``cache``; with ``log_epochs``, each epoch (those done before included) is logged
-    to ``run`` once, then passed to ``on_epoch``. The run is FAILED when the training raises."""
+    to ``run`` once, then passed to ``on_epoch``. The run is tagged with the training (:data:`TRAINING_TAG`),
+    and FAILED when the training raises."""
     def epoch(record: dict[str, float], _checkpoint: Path) -> None:
         run.log_epoch(record)
         if on_epoch is not None:
             on_epoch(dict(record))
 
     try:
-        return trained(trial.config, cache, on_epoch=epoch if log_epochs else None, progress=False)
+        result = trained(trial.config, cache, on_epoch=epoch if log_epochs else None, progress=False)
     except Exception:
         run.finish("FAILED")
         raise
+    run.set_tags({TRAINING_TAG: result.out_dir.name})
+    return result
 
 
 def run_trial(spec: dict[str, Any]) -> None:

@@ -31,10 +31,12 @@ from diffpose.data.source import DataError
 from reports import figures as figs
 from reports.results import (
     SCHEMA_VERSION,
+    TRAINING_TAG,
     column,
     finished_trials,
     invocations,
     local_path,
+    metric,
     param,
     parquet_meta,
     pull_runs,
@@ -228,9 +230,30 @@ def _plots(runs: pd.DataFrame, find: ArtifactFinder, warn: list[str]) -> list[fi
     return plots
 
 
+def training_text(runs: pd.DataFrame) -> str:
+    """The time the finished trials' trainings took, each training once however many trials evaluate it (by
+    :data:`TRAINING_TAG`; for runs logged before it, the folder of their ``checkpoint`` tag), from the training's
+    own record (``train_seconds``): this counts the trainings a suite carried in from other machines, which the
+    wall time of this machine's invocations does not. Empty when no run logged it."""
+    seconds = pd.to_numeric(column(runs, metric("train_seconds")), errors="coerce")
+    folder = column(runs, tag("checkpoint")).map(lambda p: Path(p).parent.name if isinstance(p, str) else None)
+    training = column(runs, tag(TRAINING_TAG)).where(lambda t: t.notna(), folder)
+    known = seconds.notna() & training.notna()
+    if not known.any():
+        return ""
+    per_training = seconds[known].groupby(training[known]).max()
+    total = float(per_training.sum())
+    text = (f"Training: {total / 3600:.1f} h, the sum of {len(per_training)} trainings' own times (those carried "
+            "in from other machines included)")
+    if (~known).any():
+        text += f"; not recorded for {int((~known).sum())} runs"
+    return text + "."
+
+
 def study_text(runs: pd.DataFrame, study: dict[str, str]) -> str:
     """The suite's wall time over its invocations (``study``: :func:`reports.results.invocations` as
-    ``study.<key>``) and the machines its finished trials ran on (their ``host.*`` tags)."""
+    ``study.<key>``), its trainings' time (:func:`training_text`) and the machines its finished trials ran on
+    (their ``host.*`` tags)."""
     parts = []
     if study.get("study.invocations"):
         n, unlogged = int(study["study.invocations"]), int(study.get("study.unlogged", "0"))
@@ -240,6 +263,8 @@ def study_text(runs: pd.DataFrame, study: dict[str, str]) -> str:
                      + (f" ({unlogged} logged none: killed within its first minute, or run by a version that "
                         "logged it only at the end)" if unlogged else "") + ".")
     if not runs.empty:
+        if training := training_text(runs):
+            parts.append(training)
         keys = [tag(k) for k in ("host.cpu", "host.cores", "host.memory_gib", "torch.version", "device")]
         described = runs[keys[0]].notna() if keys[0] in runs.columns else pd.Series(False, index=runs.index)
         machines = []

@@ -45,6 +45,9 @@ CURVE = "curve.val_p1"   # the learning curve: validation P1 (mm) per epoch, epo
 # instead of one metric-history request per run. A run without it (older, or too long a curve) is read by history.
 CURVE_TAG = "train.val_p1_curve"
 CURVE_TAG_MAX = 5000     # characters: within every MLflow server's tag length
+# The training whose weights a trial run evaluates (its folder in the trainings' cache, ``<lifter>-<hash>``):
+# trials that share a training (an evaluation-only variant, a baseline that is an encoder) count its cost once.
+TRAINING_TAG = "diffpose.training"
 # Each suite invocation logs the trial ids of the suite as it is then (a JSON list) on its suite run. The report
 # uses the newest invocation's: a run of a trial the suite has since replaced (a changed config makes a new trial)
 # is not one of its rows.

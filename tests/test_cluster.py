@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from reports.results import TRAINING_TAG
+
 pytestmark = [
     pytest.mark.cluster,
     pytest.mark.slow,
@@ -573,7 +575,7 @@ def test_a_suite_goes_on_on_another_machine_from_the_trainings_it_carried(loopba
     carried = tmp_path / "carried"
     suite_file = _suite(tmp_path / "carry.toml", "carry", mocap_store, ["simple_baseline"], epochs=2)
     suite_file.write_text(suite_file.read_text().replace('name = "carry"', f'name = "carry"\ncarry = "{carried}"'))
-    outs, logs, metrics = [], [], []
+    outs, logs, metrics, tags = [], [], [], []
     for machine in ("first", "second"):
         ray_tmp = _short_temp_dir(f"dpray-{machine[0]}")
         env = _env(RAY_TMPDIR=str(ray_tmp), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
@@ -585,9 +587,13 @@ def test_a_suite_goes_on_on_another_machine_from_the_trainings_it_carried(loopba
             _kill(_live(lambda _pgid, cmd, where=str(ray_tmp): where in cmd))
             shutil.rmtree(ray_tmp, ignore_errors=True)
         (run,) = _trial_runs(_client(f"sqlite:///{results / 'mlflow.db'}"), "carry", "FINISHED")
-        metrics.append({k: v for k, v in run.data.metrics.items() if k.startswith(("test_p1", "test_p2"))})
+        metrics.append({k: v for k, v in run.data.metrics.items()
+                        if k.startswith(("test_p1", "test_p2")) or k == "train_seconds"})
+        tags.append(run.data.tags)
     assert "carried out 1 finished, 0 part-way" in outs[0]
     (folder,) = carried.iterdir()   # 2 epochs, its cap, short of convergence: its checkpoint travels too
+    # Both runs name the one training they evaluate, and its time is its own record's, carried with it.
+    assert tags[0][TRAINING_TAG] == tags[1][TRAINING_TAG] == folder.name
     assert {f.name for f in folder.iterdir()} == {"done.json", "best.pt", "checkpoint.pt"}
     assert TRAINING.findall(outs[0] + logs[0]) and "carried in" not in outs[0]
     assert "carried in 1 finished, 0 part-way" in outs[1]

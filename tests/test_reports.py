@@ -492,6 +492,21 @@ def test_the_report_gives_the_suites_wall_time_over_its_invocations_and_the_mach
     assert again.study == demo_report.study
 
 
+def test_the_trainings_time_counts_each_training_once_also_one_named_only_by_its_checkpoint():
+    """An evaluation-only trial and the trial that trained its weights share one training: its time counts once.
+    A run logged before the training tag is placed by its checkpoint's folder; one with neither is named."""
+    from reports.build import training_text
+
+    runs = pd.DataFrame({
+        "metrics.train_seconds": [3600.0, 3600.0, 1800.0, 900.0, 450.0],
+        "tags.diffpose.training": ["diffpose-aa", "diffpose-aa", None, "graformer-cc", None],
+        "tags.checkpoint": [None, None, "/r/trainings/graformer-bb/best.pt", None, None],
+    })
+    assert training_text(runs) == ("Training: 1.8 h, the sum of 3 trainings' own times (those carried in from "
+                                   "other machines included); not recorded for 1 runs.")
+    assert training_text(runs.drop(columns=["tags.diffpose.training", "tags.checkpoint"])) == ""
+
+
 def test_runs_of_trials_an_edit_of_the_suite_replaced_are_left_out_and_named(tmp_path):
     """A changed config is a new trial; the old trial's runs stay in MLflow but are not the suite's rows."""
     from mlflow import MlflowClient
