@@ -162,8 +162,8 @@ def _cmd_carry(args: argparse.Namespace) -> int:
         raise DataError(cache, "no trainings here: the suite has not run with these results")
     carried = carry_out(suite.trainings(suite.trials(suite.fingerprints())), cache, folder)
     print(f"{carried.line('carried')} of suite {suite.name} to {folder}")
-    for identity, epoch in sorted(carried.partway.items()):
-        print(f"  {identity}: part-way, after epoch {epoch + 1}")
+    for identity, epochs in sorted(carried.partway.items()):
+        print(f"  {identity}: part-way, after epoch {epochs}")
     return 0
 
 

@@ -38,10 +38,11 @@ IDENTITY = re.compile(r"^[a-z0-9_]+-[0-9a-f]{16}$")  # Config.identity: "<lifter
 
 @dataclass
 class Carried:
-    """What one call wrote, by training identity: finished, part-way (with its last epoch), left as it was."""
+    """What one call wrote, by training identity: finished, part-way (with the epochs it has done), left as it
+    was."""
 
     finished: list[str] = field(default_factory=list)
-    partway: dict[str, int] = field(default_factory=dict)
+    partway: dict[str, int] = field(default_factory=dict)  # identity -> epochs done (its checkpoint's, 1-based)
     unchanged: list[str] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)  # being trained in the cache now (carry_in leaves them)
 
@@ -119,7 +120,7 @@ def carry_out(identities: Iterable[str], cache: str | Path, folder: str | Path) 
         elif DONE in names:
             out.finished.append(identity)
         else:
-            out.partway[identity] = _epoch(dst)
+            out.partway[identity] = _epoch(dst) + 1
     return out
 
 
@@ -161,7 +162,7 @@ def carry_in(folder: str | Path, cache: str | Path) -> Carried:
         if DONE in names:
             out.finished.append(src.name)
         else:
-            out.partway[src.name] = epoch
+            out.partway[src.name] = epoch + 1
     for identity in out.busy:
         log.info("not carrying %s into %s: a process is training it now", identity, cache)
     return out

@@ -60,7 +60,7 @@ def test_a_cache_continued_from_carried_trainings_trains_on_as_the_first_would_h
     mean = trained(cfgs["mean"], here, progress=False)         # nothing to train: one epoch, not stopped by the rule
 
     out = carry_out(ids.values(), here, carried)
-    assert sorted(out.finished) == sorted([ids["capped"], ids["mean"]]) and out.partway == {ids["part"]: 0}
+    assert sorted(out.finished) == sorted([ids["capped"], ids["mean"]]) and out.partway == {ids["part"]: 1}
     assert files(carried) == {ids["part"]: {"checkpoint.pt", "best.pt"},
                               ids["capped"]: {"done.json", "best.pt", "checkpoint.pt"},
                               ids["mean"]: {"done.json", "best.pt", "checkpoint.pt"}}
@@ -68,7 +68,7 @@ def test_a_cache_continued_from_carried_trainings_trains_on_as_the_first_would_h
 
     # Another machine: the finished ones are found, not trained again; the part-way one resumes at epoch 2.
     got = carry_in(carried, there)
-    assert sorted(got.finished) == sorted([ids["capped"], ids["mean"]]) and got.partway == {ids["part"]: 0}
+    assert sorted(got.finished) == sorted([ids["capped"], ids["mean"]]) and got.partway == {ids["part"]: 1}
     monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("a finished training was trained again"))
     assert trained(cfgs["capped"], there, progress=False).history == capped.history
     assert trained(cfgs["mean"], there, progress=False).history == mean.history
@@ -135,3 +135,26 @@ def test_a_training_in_progress_in_the_cache_is_left_to_its_process(mocap_store,
         fcntl.flock(held, fcntl.LOCK_EX)
         assert carry_in(carried, there).busy == [identity(cfg)]
     assert files(there) == {identity(cfg): {".lock"}}
+
+
+def test_the_carry_command_writes_the_suites_trainings_and_names_the_part_way_ones(mocap_store, tmp_path,
+                                                                                  capsys):
+    from benchmark.cli import main
+    from benchmark.suite import load_suite
+
+    base = "".join(f"{k} = {json.dumps(v)}\n" for k, v in {**TINY, "train.epochs": 3}.items())
+    path, carried = tmp_path / "s.toml", tmp_path / "carried"
+    path.write_text(f'[suite]\nname = "s"\nvariants = ["graformer", "mean_pose"]\ncarry = "{carried}"\n\n'
+                    f'[datasets.d]\nstore = "{mocap_store}"\n\n[base]\n{base}')
+    suite = load_suite(path)
+    trials = {t.variant: t for t in suite.trials(suite.fingerprints())}
+    cache = tmp_path / "results" / train.TRAININGS
+    with pytest.raises(Stop):
+        trained(trials["graformer"].config, cache, progress=False, on_epoch=stop_after_first)
+    trained(trials["mean_pose"].config, cache, progress=False)
+    assert main(["carry", "--suite", str(path), "--results", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"carried 1 finished, 1 part-way of suite s to {carried}",
+                   f"  {trials['graformer'].training}: part-way, after epoch 1"]
+    assert files(carried) == {trials["graformer"].training: {"checkpoint.pt", "best.pt"},
+                              trials["mean_pose"].training: {"done.json", "best.pt", "checkpoint.pt"}}
