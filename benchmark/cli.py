@@ -178,11 +178,11 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0 if summary.best is not None else 1
 
 
-def _report(uri: str, experiment: str, results: Path) -> Path:
+def _report(uri: str, experiment: str, results: Path, reference: Path | None = None) -> Path:
     from reports.build import build_report
 
     out = results / "report" / experiment
-    report = build_report(uri, experiment, out, parquet=results / f"{experiment}.parquet")
+    report = build_report(uri, experiment, out, parquet=results / f"{experiment}.parquet", reference=reference)
     if not report.ok:
         print(f"report: {report.message}")
     for warning in report.warnings:
@@ -215,13 +215,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
         from reports.build import check_publishable
 
         check_publishable(args.publish)
-    out = _report(uri, experiment, args.results)
+    out = _report(uri, experiment, args.results, args.reference)
     print(f"report written to {out}")
     if args.publish is not None:
         from reports.build import publish
 
-        target, assets = publish(out, args.publish)
-        print(f"report published to {target} (figures and tables in {assets})")
+        target, assets = publish(out, args.publish, args.results / f"{experiment}.parquet")
+        print(f"report published to {target} (figures, tables and results store in {assets})")
     return 0
 
 
@@ -413,7 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--results", type=Path, default=Path("results"))
     rp.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else RESULTS/mlflow.db")
     rp.add_argument("--publish", type=Path, metavar="FILE.md",
-                    help="also copy the report to commit: FILE.md, and its figures and tables in FILE/")
+                    help="also copy the report to commit: FILE.md, and its figures, tables and results store in "
+                         "FILE/")
+    rp.add_argument("--reference", type=Path, metavar="RESULTS.parquet",
+                    help="another study's results store (a published one: docs/results/NAME/results.parquet): "
+                         "a table of this suite's rows against its")
     rp.set_defaults(func=_cmd_report)
 
     be = sub.add_parser("bench", help="speed and memory benchmarks -> JSON")

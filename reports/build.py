@@ -32,6 +32,7 @@ from reports import figures as figs
 from reports.results import (
     SCHEMA_VERSION,
     TRAINING_TAG,
+    ResultsError,
     column,
     finished_trials,
     invocations,
@@ -90,10 +91,12 @@ class ReportSummary:
 
 
 def build_report(tracking_uri: str, experiment: str, out_dir: Path, *, parquet: Path | None = None,
-                 figures: bool = True) -> ReportSummary:
+                 figures: bool = True, reference: Path | None = None) -> ReportSummary:
     """Pull every trial of ``experiment`` from MLflow, save the results store (``parquet``, default
-    ``out_dir/results.parquet``), build tables and (unless ``figures`` is False) figures."""
+    ``out_dir/results.parquet``), build tables and (unless ``figures`` is False) figures; with ``reference``
+    (another study's results store, :func:`reference_runs`), the table of this study's rows against its."""
     out_dir = Path(out_dir)
+    against = reference_runs(reference) if reference is not None else None   # a bad file: before any work
     parquet = Path(parquet) if parquet is not None else out_dir / "results.parquet"
     frame = pull_runs(tracking_uri, experiment)
     study = {f"study.{k}": v for k, v in invocations(tracking_uri, experiment).items()}
@@ -104,18 +107,37 @@ def build_report(tracking_uri: str, experiment: str, out_dir: Path, *, parquet: 
         frame = frame[column(frame, param("trial.axis")) != "search"]
     with tempfile.TemporaryDirectory(prefix="diffpose-report-") as scratch:  # artifacts of a remote store
         find = _mlflow_artifacts(tracking_uri, Path(scratch)) if figures else None
-        return _build(frame, out_dir, parquet, source, find, sections, study)
+        return _build(frame, out_dir, parquet, source, find, sections, study, against)
 
 
-def build_report_from_parquet(parquet: Path, out_dir: Path, *, figures: bool = True) -> ReportSummary:
+def build_report_from_parquet(parquet: Path, out_dir: Path, *, figures: bool = True,
+                              reference: Path | None = None) -> ReportSummary:
     """The same report from a results store alone (no MLflow); artifacts are read where they are local."""
     parquet = Path(parquet)
+    against = reference_runs(reference) if reference is not None else None
     frame = read_parquet(parquet)
     meta = parquet_meta(parquet)
     source = (f"MLflow experiment '{meta['experiment']}', read from the results store" if "experiment" in meta
               else "the results store")
     study = {k: v for k, v in meta.items() if k.startswith("study.")}
-    return _build(frame, Path(out_dir), parquet, source, local_artifact if figures else None, study=study)
+    return _build(frame, Path(out_dir), parquet, source, local_artifact if figures else None, study=study,
+                  reference=against)
+
+
+def reference_runs(path: Path) -> tuple[pd.DataFrame, str]:
+    """The finished trial runs of another study's results store (a published one:
+    ``docs/results/<name>/results.parquet``) and a line naming it, for the reference table
+    (:mod:`reports.tables.reference`); a file that is not one is a :class:`DataError` naming it."""
+    path = Path(path)
+    try:
+        frame = read_parquet(path)
+    except ResultsError as e:
+        raise DataError(path, str(e).removeprefix(f"{path}: ")) from None
+    except (OSError, ValueError) as e:   # not a Parquet file, or not one of ours
+        raise DataError(path, f"not a results store ({e})") from None
+    meta = parquet_meta(path)
+    runs, _ = finished_trials(frame, json.loads(meta["study.trials"]) if "study.trials" in meta else None)
+    return runs, f"{path} ({meta.get('experiment', 'experiment not recorded')}, {len(runs)} finished trial runs)"
 
 
 # ---- artifacts ---------------------------------------------------------------------------------------------
@@ -281,8 +303,10 @@ def study_text(runs: pd.DataFrame, study: dict[str, str]) -> str:
 
 
 def _build(frame: pd.DataFrame, out_dir: Path, parquet: Path | None, source: str, find: ArtifactFinder | None,
-           sections: list[SearchSection] | None = None, study: dict[str, str] | None = None) -> ReportSummary:
-    """Tables, and figures unless ``find`` is None, of the finished trials in ``frame``."""
+           sections: list[SearchSection] | None = None, study: dict[str, str] | None = None,
+           reference: tuple[pd.DataFrame, str] | None = None) -> ReportSummary:
+    """Tables, and figures unless ``find`` is None, of the finished trials in ``frame`` (and of them against
+    ``reference``'s, :func:`reference_runs`)."""
     table_dir, figure_dir = out_dir / "tables", out_dir / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)
     _clean(table_dir, TABLE_FILES)
@@ -307,7 +331,7 @@ def _build(frame: pd.DataFrame, out_dir: Path, parquet: Path | None, source: str
                            + ": no tables or figures were built.")
         log.warning(summary.message)
     elif not runs.empty:
-        tables, warn = all_tables(runs, load_published())
+        tables, warn = all_tables(runs, load_published(), reference)
         summary.warnings += warn
         for table in tables:
             summary.paths += write_table(table, table_dir)
@@ -421,11 +445,12 @@ def check_publishable(target: Path) -> Path:
     return assets
 
 
-def publish(report_dir: Path, target: Path) -> list[Path]:
+def publish(report_dir: Path, target: Path, parquet: Path | None = None) -> list[Path]:
     """A built report (``report_dir``) copied where it is committed: its report.md as ``target``, its figures and
     tables in the folder beside it named by ``target``'s stem (``docs/results/mocap17.md`` and
-    ``docs/results/mocap17/``), with the links rewritten to it. What :func:`check_publishable` refuses is
-    refused before anything is written."""
+    ``docs/results/mocap17/``), with the links rewritten to it, and its results store (``parquet``) there as
+    ``results.parquet``, another study's reference (``report --reference``). What :func:`check_publishable`
+    refuses is refused before anything is written."""
     report_dir, target = Path(report_dir), Path(target)
     assets = check_publishable(target)
     text = (report_dir / "report.md").read_text(encoding="utf-8")
@@ -437,6 +462,8 @@ def publish(report_dir: Path, target: Path) -> list[Path]:
         for sub in ("figures", "tables"):
             if (report_dir / sub).is_dir():
                 shutil.copytree(report_dir / sub, fresh / sub)
+        if parquet is not None and Path(parquet).is_file():
+            shutil.copyfile(parquet, fresh / "results.parquet")
         written = sorted(str(p.relative_to(fresh)) for p in fresh.rglob("*") if p.is_file())
         (fresh / MANIFEST).write_text("\n".join([PUBLISHED, *written]) + "\n", encoding="utf-8")
     except BaseException:

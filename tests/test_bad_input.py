@@ -514,6 +514,27 @@ def test_report_published_onto_a_users_file_is_refused_before_the_build(tmp_path
     target = tmp_path / "docs" / "demo.md"
     assert main(["report", "--experiment", "demo", "--results", str(results), "--publish", str(target)]) == 0
     assert "No finished trial runs" in target.read_text() and (tmp_path / "docs" / "demo" / ".published").is_file()
+    # its results store goes with it, another report's reference
+    store = tmp_path / "docs" / "demo" / "results.parquet"
+    assert "results.parquet" in (tmp_path / "docs" / "demo" / ".published").read_text().splitlines()
+    assert main(["report", "--experiment", "demo", "--results", str(results), "--reference", str(store)]) == 0
+
+
+def test_report_against_a_reference_that_is_not_a_results_store_names_it_and_writes_nothing(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    results = tmp_path / "results"
+    results.mkdir()
+    MlflowClient(f"sqlite:///{results / 'mlflow.db'}").create_experiment("demo")
+    before = sorted(p.name for p in results.iterdir())
+    notes = tmp_path / "notes.md"
+    notes.write_text("# my notes\n")
+    for reference, needle in ((tmp_path / "none.parquet", "no such results file"), (notes, "not a results store"),
+                              (tmp_path, "not a results store")):
+        capsys.readouterr()
+        one_line(*run(capsys, "report", "--experiment", "demo", "--results", results, "--reference", reference),
+                 str(reference), needle)
+    assert sorted(p.name for p in results.iterdir()) == before and notes.read_text() == "# my notes\n"
 
 
 def test_report_with_a_damaged_list_of_the_suites_trials_names_it_and_writes_nothing(tmp_path, capsys):

@@ -507,6 +507,43 @@ def test_the_trainings_time_counts_each_training_once_also_one_named_only_by_its
     assert training_text(runs.drop(columns=["tags.diffpose.training", "tags.checkpoint"])) == ""
 
 
+def test_a_suite_read_against_a_reference_study_row_by_row_and_by_the_pairs_the_reference_tells_apart(
+        demo_frame):
+    """Rows matched by dataset and variant; a pair counts where the reference's paired test over its seeds says
+    p < 0.05, and the table says whether this suite orders it the same way."""
+    from reports.tables.reference import reference_table
+
+    runs, _ = finished_trials(demo_frame)
+    runs = runs[runs["params.trial.dataset"] == "mocap17"]
+    reference = runs.copy()
+    variant, seed = reference["params.trial.variant"], reference["params.trial.seed"].astype(int)
+    full = {0: 40.0, 1: 42.0}
+    for name, gaps in {"no_gmm": (3.0, 3.1), "graformer": (10.0, 10.2), "refiner": (5.0, 5.2),
+                       "steps=1": (1.0, -1.0)}.items():
+        for s, gap in enumerate(gaps):
+            reference.loc[(variant == name) & (seed == s), "metrics.test_p1"] = full[s] + gap
+    (table, ordered), _ = reference_table(runs, reference, "the converged study")
+    rows = {r.label: r for r in table.rows}
+    assert rows["DiffPose"].cells["ratio"].mean == pytest.approx(1.0)
+    assert rows["GraFormer"].cells["there"].mean == pytest.approx(51.1)
+    assert rows["GraFormer"].cells["ratio"].mean == pytest.approx(45.5 / 51.1)
+    assert rows["DiffPose (no_gmm)"].cells["converged"].text == "1 of 2" and NOT_CONVERGED in rows[
+        "DiffPose (no_gmm)"].marks
+    assert rows["DiffPose"].cells["mean_pose"].mean is None   # this suite has no mean-pose row
+    pairs = {r.label: r.cells for r in ordered.rows}
+    same = pairs["DiffPose < DiffPose (no_gmm)"]
+    assert same["there"].mean == pytest.approx(3.05) and same["p"].mean == pytest.approx(0.0104, abs=1e-4)
+    assert same["here"].mean == pytest.approx(43.75 - 41.0) and same["order"].text == "same"
+    opposite = pairs["DiffPose < DiffPose (refiner)"]
+    assert opposite["here"].mean == pytest.approx(40.3 - 41.0) and opposite["order"].text == "opposite"
+    assert not [k for k in pairs if "steps=1" in k]   # the reference does not tell it from full (p > 0.05)
+    assert f"{sum(c['order'].text == 'same' for c in pairs.values())} of {len(pairs)} in the same order" in \
+        ordered.notes[0]
+    for t in (table, ordered):   # rendered as every table is
+        assert to_markdown(t) and to_latex(t)
+    assert reference_table(runs, reference[reference["params.trial.dataset"] == "h36m"], "none") == ([], [])
+
+
 def test_runs_of_trials_an_edit_of_the_suite_replaced_are_left_out_and_named(tmp_path):
     """A changed config is a new trial; the old trial's runs stay in MLflow but are not the suite's rows."""
     from mlflow import MlflowClient
