@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fcntl
 import filecmp
-import json
 import logging
 import os
 import re
@@ -29,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from diffpose.data.source import DataError
-from diffpose.train import BEST, CHECKPOINT, DONE, load_checkpoint
+from diffpose.train import BEST, CHECKPOINT, DONE, FitResult, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +64,6 @@ def _copy(src: Path, dst: Path) -> bool:
     return True
 
 
-def _done(path: Path) -> dict:
-    try:
-        done = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(path, f"not a finished training's record ({e.__class__.__name__})") from None
-    if not isinstance(done, dict) or not {"history", "converged", "best_epoch"} <= set(done):
-        raise DataError(path, "not a finished training's record (written by diffpose-bench)")
-    return done
-
-
 def _epoch(folder: Path) -> int:
     """The last epoch of the checkpoint in ``folder`` (0-based), -1 without one; the checkpoint must be this
     training's (its identity is the folder's name)."""
@@ -91,7 +80,7 @@ def _names(folder: Path) -> list[str]:
     """The files of the training in ``folder`` that travel, the checkpoint before the best weights (read in that
     order while the training runs, the best weights are at least as new as the checkpoint's best epoch), or []."""
     if (folder / DONE).is_file():
-        _done(folder / DONE)
+        FitResult.read(folder)  # refused here when it is not a record of ours
         checkpoint = folder / CHECKPOINT
         stopped = not checkpoint.is_file() or load_checkpoint(checkpoint).get("stopped", False)
         return [DONE, BEST] if stopped else [CHECKPOINT, DONE, BEST]

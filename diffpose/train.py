@@ -259,6 +259,20 @@ class FitResult:
                    best_metric=d["best_metric"], history=d["history"], seconds=d["seconds"],
                    converged=d["converged"])
 
+    @classmethod
+    def read(cls, out_dir: Path) -> FitResult:
+        """The finished training in ``out_dir``, from its record (:data:`DONE`); one that is not a record
+        :func:`trained` wrote is a :class:`DataError` naming it."""
+        path = out_dir / DONE
+        try:
+            done = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(path, f"not a finished training's record ({e.__class__.__name__})") from None
+        keys = {"best_epoch", "best_metric", "history", "seconds", "converged"}
+        if not isinstance(done, dict) or not keys <= set(done):
+            raise DataError(path, "not a finished training's record (written by diffpose-bench)")
+        return cls.from_dict(out_dir, done)
+
 
 DONE = "done.json"  # in a finished training's folder: its FitResult
 TRAININGS = "trainings"  # a results folder's cache of trainings, one folder per Config.identity
@@ -267,6 +281,46 @@ TRAININGS = "trainings"  # a results folder's cache of trainings, one folder per
 def is_trained(cfg: Config, cache: str | Path) -> bool:
     """Whether ``cfg``'s training is finished in ``cache`` (:func:`trained` would only read it)."""
     return (Path(cache) / cfg.identity(store_meta(cfg.data.store)["fingerprint"]) / DONE).exists()
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    """Where one training of a cache stands, read from its own files (:func:`training_state`)."""
+
+    identity: str
+    state: str                 # "converged" | "unconverged" (finished at its cap) | "part-way" | "not started"
+    epochs: int                # epochs done
+    cap: int                   # train.epochs: the most it may train
+    metric: str                # the selection metric (train.metric)
+    best: float | None         # its best validation value, at best_epoch (1-based)
+    best_epoch: int | None
+    seconds: float             # its own time so far, summed over its epochs
+
+    def line(self, width: int = 0) -> str:
+        """One line: state, identity (padded to ``width``), epochs of the cap, best validation value, time."""
+        best = f"best {self.metric} {self.best:.2f} at epoch {self.best_epoch}" if self.best is not None else ""
+        epochs = f"{self.epochs}/{self.cap}"
+        return (f"{self.state:<11}  {self.identity:<{width}}  {epochs:>7} epochs  {best:<33}  "
+                f"{self.seconds / 3600:5.1f} h")
+
+
+def training_state(cfg: Config, cache: str | Path) -> TrainingState:
+    """Where ``cfg``'s training in ``cache`` stands: its finished record, else its last epoch's checkpoint
+    (read as tensors and plain data; one not of this training is a :class:`DataError`), else not started."""
+    t = cfg.train
+    out = Path(cache) / cfg.identity(store_meta(cfg.data.store)["fingerprint"])
+    if (out / DONE).is_file():
+        done = FitResult.read(out)
+        return TrainingState(out.name, "converged" if done.converged else "unconverged", done.epochs, t.epochs,
+                             t.metric, done.best_metric, done.best_epoch, done.seconds)
+    if (out / CHECKPOINT).is_file():
+        state = load_checkpoint(out / CHECKPOINT)
+        if state["config_hash"] != out.name:
+            raise DataError(out / CHECKPOINT, f"the checkpoint of training {state['config_hash']}, not of {out.name}")
+        history = state["history"]
+        return TrainingState(out.name, "part-way", len(history), t.epochs, t.metric, state["best_metric"],
+                             state["best_epoch"], sum(h["epoch_seconds"] for h in history))
+    return TrainingState(out.name, "not started", 0, t.epochs, t.metric, None, None, 0.0)
 
 
 def trained(cfg: Config, cache: str | Path, *, on_epoch: Callable[[dict[str, float], Path], None] | None = None,
@@ -283,7 +337,7 @@ def trained(cfg: Config, cache: str | Path, *, on_epoch: Callable[[dict[str, flo
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (out / DONE).exists():
             log.info("using the finished training %s", out)
-            result = FitResult.from_dict(out, json.loads((out / DONE).read_text()))
+            result = FitResult.read(out)
             for record in result.history if on_epoch is not None else ():
                 on_epoch(record, out / CHECKPOINT)
             return result

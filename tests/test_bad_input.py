@@ -773,6 +773,16 @@ def test_carry_mistakes(store, tmp_path, capsys):
     assert not folder.exists() and not (tmp_path / "none").exists()
 
 
+def test_progress_mistakes(store, tmp_path, capsys):
+    path = tmp_path / "s.toml"
+    path.write_text(f'[suite]\nname = "s"\nvariants = ["simple_baseline"]\n\n[datasets.d]\nstore = "{store}"\n')
+    results = tmp_path / "results"
+    one_line(*run(capsys, "progress", "--suite", path, "--results", results), str(results / "trainings"),
+             "has not run")
+    one_line(*run(capsys, "progress", "--suite", tmp_path / "none.toml"), "none.toml")
+    assert not results.exists()
+
+
 def test_ablate_refuses_a_foreign_carried_file_before_anything_is_written(store, tmp_path, capsys):
     carried = tmp_path / "carried" / "graformer-0123456789abcdef"
     carried.mkdir(parents=True)

@@ -137,14 +137,15 @@ def test_a_training_in_progress_in_the_cache_is_left_to_its_process(mocap_store,
     assert files(there) == {identity(cfg): {".lock"}}
 
 
-def test_the_carry_command_writes_the_suites_trainings_and_names_the_part_way_ones(mocap_store, tmp_path,
-                                                                                  capsys):
+def test_the_carry_command_writes_the_suites_trainings_and_progress_says_where_each_stands(mocap_store, tmp_path,
+                                                                                         capsys):
     from benchmark.cli import main
     from benchmark.suite import load_suite
 
     base = "".join(f"{k} = {json.dumps(v)}\n" for k, v in {**TINY, "train.epochs": 3}.items())
     path, carried = tmp_path / "s.toml", tmp_path / "carried"
-    path.write_text(f'[suite]\nname = "s"\nvariants = ["graformer", "mean_pose"]\ncarry = "{carried}"\n\n'
+    variants = json.dumps(["graformer", "mean_pose", "simple_baseline", "semgcn"])
+    path.write_text(f'[suite]\nname = "s"\nvariants = {variants}\ncarry = "{carried}"\n\n'
                     f'[datasets.d]\nstore = "{mocap_store}"\n\n[base]\n{base}')
     suite = load_suite(path)
     trials = {t.variant: t for t in suite.trials(suite.fingerprints())}
@@ -158,3 +159,27 @@ def test_the_carry_command_writes_the_suites_trainings_and_names_the_part_way_on
                    f"  {trials['graformer'].training}: part-way, after epoch 1"]
     assert files(carried) == {trials["graformer"].training: {"checkpoint.pt", "best.pt"},
                               trials["mean_pose"].training: {"done.json", "best.pt", "checkpoint.pt"}}
+
+    trained(trials["simple_baseline"].config, cache, progress=False)   # 3 epochs: its cap, short of convergence
+    assert main(["progress", "--suite", str(path), "--results", str(tmp_path / "results")]) == 0
+    head, *lines = capsys.readouterr().out.splitlines()
+    assert head.startswith(f"suite s: 4 trainings in {cache}: 1 converged, 1 unconverged, 1 part-way, 1 not "
+                           "started; ")
+    states = {line.split()[1]: line.split() for line in lines}
+    assert [line.split()[0] for line in lines] == ["converged", "unconverged", "part-way", "not"]
+    assert states[trials["graformer"].training][2:4] == ["1/3", "epochs"]
+    assert lines[2].endswith("  d/graformer/seed0")
+    assert states[trials["simple_baseline"].training][2] == "3/3"
+    assert lines[3].split()[:4] == ["not", "started", trials["semgcn"].training, "0/3"]
+
+
+def test_a_damaged_record_of_a_finished_training_is_named_not_read(tmp_path):
+    carried = tmp_path / "carried" / "graformer-0123456789abcdef"
+    carried.mkdir(parents=True)
+    (carried / "done.json").write_text('{"history": [')
+    with pytest.raises(DataError, match=f"^{carried / 'done.json'}: not a finished training's record"):
+        carry_in(carried.parent, tmp_path / "there")
+    (carried / "done.json").write_text('{"history": []}')
+    with pytest.raises(DataError, match="written by diffpose-bench"):
+        carry_in(carried.parent, tmp_path / "there")
+    assert not (tmp_path / "there").exists()
