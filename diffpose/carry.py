@@ -70,10 +70,7 @@ def _epoch(folder: Path) -> int:
     path = folder / CHECKPOINT
     if not path.exists():
         return -1
-    state = load_checkpoint(path)
-    if state["config_hash"] != folder.name:
-        raise DataError(path, f"the checkpoint of training {state['config_hash']}, not of {folder.name}")
-    return int(state["epoch"])
+    return int(load_checkpoint(path, identity=folder.name)["epoch"])
 
 
 def _names(folder: Path) -> list[str]:
@@ -126,9 +123,7 @@ def carry_in(folder: str | Path, cache: str | Path) -> Carried:
         names = _names(src)
         epoch = _epoch(src)  # checks the carried checkpoint, when there is one
         if BEST in names:
-            best = load_checkpoint(src / BEST)
-            if best["config_hash"] != src.name:
-                raise DataError(src / BEST, f"the weights of training {best['config_hash']}, not of {src.name}")
+            load_checkpoint(src / BEST, identity=src.name)
         if names:
             plan.append((src, names, epoch))
     out = Carried()

@@ -215,9 +215,10 @@ def _load_failure(e: BaseException) -> str:
     return first if len(first) <= 120 else first[:first.rfind(" ", 0, 120)] + " …"
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", *, identity: str | None = None) -> dict:
     """A checkpoint written by :func:`fit` (tensors and plain data only: loaded with weights_only=True).
-    A file that is missing, not a torch checkpoint, truncated or not one of ours raises :class:`DataError`."""
+    A file that is missing, not a torch checkpoint, truncated or not one of ours raises :class:`DataError`, as
+    does one of another training than ``identity`` (when given: a cache's folder name)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "no such checkpoint" if not path.exists() else "not a file (a checkpoint is a .pt "
@@ -231,6 +232,8 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
         raise DataError(path, f"not a readable checkpoint, truncated or damaged ({_load_failure(e)})") from None
     if not isinstance(state, dict) or not {"config", "config_hash", "model"} <= set(state):
         raise DataError(path, "not a checkpoint written by `diffpose-bench train` (no config and weights)")
+    if identity is not None and state["config_hash"] != identity:
+        raise DataError(path, f"the checkpoint of training {state['config_hash']}, not of {identity}")
     return state
 
 
@@ -314,9 +317,7 @@ def training_state(cfg: Config, cache: str | Path) -> TrainingState:
         return TrainingState(out.name, "converged" if done.converged else "unconverged", done.epochs, t.epochs,
                              t.metric, done.best_metric, done.best_epoch, done.seconds)
     if (out / CHECKPOINT).is_file():
-        state = load_checkpoint(out / CHECKPOINT)
-        if state["config_hash"] != out.name:
-            raise DataError(out / CHECKPOINT, f"the checkpoint of training {state['config_hash']}, not of {out.name}")
+        state = load_checkpoint(out / CHECKPOINT, identity=out.name)
         history = state["history"]
         return TrainingState(out.name, "part-way", len(history), t.epochs, t.metric, state["best_metric"],
                              state["best_epoch"], sum(h["epoch_seconds"] for h in history))

@@ -119,7 +119,7 @@ def test_a_foreign_or_mislabelled_carried_file_is_refused_before_anything_is_cop
     (carried / identity(cfgs["capped"])).rename(tmp_path / "aside")
     moved = carried / identity(cfgs["mean"]) / "best.pt"
     (tmp_path / "aside" / "best.pt").replace(moved)
-    with pytest.raises(DataError, match=f"^{moved}: the weights of training {identity(cfgs['capped'])}"):
+    with pytest.raises(DataError, match=f"^{moved}: the checkpoint of training {identity(cfgs['capped'])}"):
         carry_in(carried, tmp_path / "there")
     assert not (tmp_path / "there").exists()
 
