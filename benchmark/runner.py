@@ -4,7 +4,8 @@ every driver (a suite's, a search's) shares: stores, MLflow experiment, a local 
 One Tuner runs an invocation's trials. Each starts once what it needs is trained (:func:`needs`,
 :class:`WhenReady`): a DiffPose training its context encoder (a shared encoder trial, or the baseline that is
 the same training), an evaluation of an inference-only variant or axis value (K steps, N hypotheses, the
-probabilistic baselines) the training of its weights; the trainings others wait for go first. A need that an
+probabilistic baselines) the training of its weights; the trainings others wait for go first, the evaluations
+of weights trained before go last. A need that an
 earlier invocation trained is no need; a trial whose need failed is not run, and counted as failed.
 Every training lives once in the results' cache (``trainings/<identity>``, diffpose.train.trained), whichever
 trials need it. A trial is identified by its training's identity (the store's content, not its path), its evaluation
@@ -202,9 +203,11 @@ def needs(todo: list[Trial], trained: Callable[[Config], bool]) -> tuple[list[Tr
     invocation's trainings it needs (a DiffPose training its context encoder's; an evaluation, inference-only
     variants and axis values, the training of its weights). A need an earlier invocation trained (``trained``:
     whether a config's training is finished in the cache) is no need. The order is the given one, except that
-    the trainings another trial waits for come first, then the trials whose weights the cache has (evaluations
-    of trained weights, trainings with only their evaluation left): short beside a training, so a resumed suite
-    fills those rows before it goes back to its long trainings."""
+    the trainings another trial waits for come first and the trials whose weights the cache has (evaluations of
+    trained weights, trainings with only their evaluation left) come last: on a machine that did not run them
+    (a study's trainings carried in, :mod:`diffpose.carry`) their MLflow runs are new, and a study run in pieces
+    on machines that do not keep their disks would evaluate them again on each; last, they are evaluated once,
+    when the trainings are done, and the slots go to the trainings."""
     trains: dict[str, str] = {}                          # training identity -> the trial id that trains it
     for t in todo:
         if not t.eval_only:
@@ -216,7 +219,7 @@ def needs(todo: list[Trial], trained: Callable[[Config], bool]) -> tuple[list[Tr
         by = trains.get(need.identity(t.fingerprint)) if need is not None else None
         waits[t.id] = {by} if by is not None and by != t.id and not trained(need) else set()
     needed = set().union(*waits.values())
-    return sorted(todo, key=lambda t: (t.id not in needed, not ready[t.id])), waits
+    return sorted(todo, key=lambda t: (t.id not in needed, ready[t.id])), waits
 
 
 def _need(t: Trial) -> Config | None:
