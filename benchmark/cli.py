@@ -16,13 +16,9 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from diffpose.config import VARIANTS, Config, ConfigError, read_toml
 from diffpose.data.source import DataError
-
-if TYPE_CHECKING:
-    from benchmark.suite import Suite, Trial
 
 EXIT_BAD_INPUT = 2
 USER_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EISDIR,
@@ -145,67 +141,18 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-def _trainings_cache(suite: Suite, results: Path, what: str) -> Path:
-    """The cache of ``suite``'s trainings in ``results``; one line naming what is missing where the suite has not
-    run there (``what``: what that leaves the command, "nothing to carry")."""
-    from diffpose.train import TRAININGS
-
-    for ds in suite.datasets.values():
-        if not (ds.store / "meta.json").is_file():
-            raise DataError(ds.store, f"no store here: the suite has not run on this machine ({what})")
-    cache = results / TRAININGS
-    if not cache.is_dir():
-        raise DataError(cache, "no trainings here: the suite has not run with these results")
-    return cache
-
-
 def _cmd_carry(args: argparse.Namespace) -> int:
-    """The suite's trainings from the results' cache into the folder they travel in (diffpose.carry)."""
-    from benchmark.suite import SuiteError, load_suite
-    from diffpose.carry import carry_out
+    from benchmark.trainings import carry
 
-    suite = load_suite(args.suite, check_data=False)
-    folder = args.to.resolve() if args.to else suite.carry
-    if folder is None:
-        raise SuiteError(f"{args.suite}: suite.carry: the suite names no folder to carry its trainings in; "
-                         f"give one with --to")
-    if folder.exists() and not folder.is_dir():
-        raise DataError(folder, "a file, not a folder (the trainings travel in a folder)")
-    cache = _trainings_cache(suite, args.results, "nothing to carry")
-    carried = carry_out(suite.trainings(suite.trials(suite.fingerprints())), cache, folder)
-    print(f"{carried.line('carried')} of suite {suite.name} to {folder}")
-    for identity, epochs in sorted(carried.partway.items()):
-        print(f"  {identity}: part-way, after epoch {epochs}")
+    print("\n".join(carry(args.suite, args.results, args.to)))
     return 0
 
 
 def _cmd_progress(args: argparse.Namespace) -> int:
-    """Where each training of a suite stands in the results' cache, from the trainings' own files: a study run in
-    pieces (its trials' table in Ray shows only the running ones)."""
-    from benchmark.suite import load_suite
-    from diffpose.train import training_state
+    from benchmark.trainings import progress
 
-    suite = load_suite(args.suite, check_data=False)
-    cache = _trainings_cache(suite, args.results, "nothing trained")
-    trials = suite.trials(suite.fingerprints())
-    users: dict[str, list[Trial]] = {}
-    for t in trials + suite.encoder_trials(trials):
-        users.setdefault(t.training, []).append(t)
-    states = sorted(((training_state(ts[0].config, cache), ts) for ts in users.values()),
-                    key=lambda s: (PROGRESS_ORDER.index(s[0].state), s[0].identity))
-    counts = ", ".join(f"{n} {state}" for state in PROGRESS_ORDER
-                       if (n := sum(s.state == state for s, _ in states)))
-    hours = sum(s.seconds for s, _ in states) / 3600
-    print(f"suite {suite.name}: {len(states)} trainings in {cache}: {counts}; {hours:.1f} h of training so far")
-    width = max(len(s.identity) for s, _ in states)
-    for state, ts in states:
-        names = [t.name for t in ts if t.stage != "encoder"] or [f"{ts[0].name} (a context encoder)"]
-        more = f" and {len(names) - 1} more" if len(names) > 1 else ""
-        print(f"  {state.line(width)}  {names[0]}{more}")
+    print("\n".join(progress(args.suite, args.results)))
     return 0
-
-
-PROGRESS_ORDER = ("converged", "unconverged", "part-way", "not started")
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:

@@ -203,14 +203,17 @@ class TrialRun:
             if not self.finished:
                 self.client.update_run(self.run_id, status="RUNNING")
         else:
+            # Its params first, the tags that make it the trial's run last: a driver killed in between leaves a
+            # run that no lookup or report takes for a trial, not a trial's run without its config.
             run = self.client.create_run(experiment_id, run_name=trial.name,
-                                         tags=trial_tags(trial, parent_run_id, tags))
+                                         tags={"mlflow.parentRunId": parent_run_id})
             self.run_id, self.artifact_uri = run.info.run_id, run.info.artifact_uri
             self.finished = False
             self.metrics = {}
             params = trial_params(trial, extra_params)
             for i in range(0, len(params), 100):
                 self.client.log_batch(self.run_id, params=params[i:i + 100])
+            self.set_tags(trial_tags(trial, parent_run_id, tags))
         self.logged_epochs = self._logged_epochs()
 
     def _logged_epochs(self) -> int:

@@ -88,3 +88,35 @@ def test_the_running_runs_of_replaced_trials_are_closed_and_those_of_the_suites_
     status = {tid: client.get_run(rid).info.status for tid, rid in run.items()}
     assert status == {"kept": "RUNNING", "replaced": "KILLED", "old-encoder": "KILLED"}
     assert client.get_run(suite).info.status == "RUNNING" and client.get_run(finished).info.status == "FINISHED"
+
+
+def test_a_driver_killed_while_it_opens_a_trials_run_leaves_no_trial_run_without_its_config(tmp_path, monkeypatch):
+    """The run gets its params before the tags that make it the trial's: killed in between (here, the params'
+    batch fails), no lookup or report finds a trial run without them; opened again, the trial gets a whole run."""
+    from benchmark.suite import Trial
+    from diffpose.config import Config
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = tracking.ensure_experiment(client, "killed", tmp_path / "artifacts")
+    parent = client.create_run(experiment_id, tags={tracking.ROLE: "suite"}).info.run_id
+    trial = Trial(dataset="d", variant="full", axis="full", value="full", seed=0, config=Config(), fingerprint="f")
+
+    class Killed(BaseException):
+        pass
+
+    def killed(self, run_id, metrics=(), params=(), tags=()):
+        raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(MlflowClient, "log_batch", killed)
+        try:
+            tracking.TrialRun(uri, experiment_id, parent, trial, {})
+        except Killed:
+            pass
+    assert not client.search_runs([experiment_id], "tags.`diffpose.role` = 'trial'")
+    assert not client.search_runs([experiment_id], f"tags.`trial.id` = '{trial.id}'")
+    run = tracking.TrialRun(uri, experiment_id, parent, trial, {})
+    (whole,) = client.search_runs([experiment_id], f"tags.`trial.id` = '{trial.id}'")
+    assert whole.info.run_id == run.run_id and whole.data.params["trial.axis"] == "full"
+    assert whole.data.tags["mlflow.parentRunId"] == parent
