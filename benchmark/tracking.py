@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from benchmark.suite import Trial
 from diffpose.metrics import CALIBRATION_LEVELS
 from diffpose.train import FitResult
-from reports.results import artifact_text, local_path, search_all
+from reports.results import CHECKPOINT_TAG, artifact_text, local_path, search_all
 
 log = logging.getLogger(__name__)
 
@@ -249,9 +249,6 @@ class TrialRun:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
-
-
-CHECKPOINT_TAG = "checkpoint"   # the absolute path of a run's trained weights, where they are not an artifact
 
 
 def _now_ms() -> int:

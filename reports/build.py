@@ -30,6 +30,7 @@ import pandas as pd
 from diffpose.data.source import DataError
 from reports import figures as figs
 from reports.results import (
+    CHECKPOINT_TAG,
     SCHEMA_VERSION,
     TRAINING_TAG,
     ResultsError,
@@ -258,7 +259,7 @@ def training_text(runs: pd.DataFrame) -> str:
     own record (``train_seconds``): this counts the trainings a suite carried in from other machines, which the
     wall time of this machine's invocations does not. Empty when no run logged it."""
     seconds = pd.to_numeric(column(runs, metric("train_seconds")), errors="coerce")
-    folder = column(runs, tag("checkpoint")).map(lambda p: Path(p).parent.name if isinstance(p, str) else None)
+    folder = column(runs, tag(CHECKPOINT_TAG)).map(lambda p: Path(p).parent.name if isinstance(p, str) else None)
     training = column(runs, tag(TRAINING_TAG)).where(lambda t: t.notna(), folder)
     known = seconds.notna() & training.notna()
     if not known.any():

@@ -48,6 +48,7 @@ CURVE_TAG_MAX = 5000     # characters: within every MLflow server's tag length
 # The training whose weights a trial run evaluates (its folder in the trainings' cache, ``<lifter>-<hash>``):
 # trials that share a training (an evaluation-only variant, a baseline that is an encoder) count its cost once.
 TRAINING_TAG = "diffpose.training"
+CHECKPOINT_TAG = "checkpoint"   # the absolute path of a run's trained weights, where they are not an artifact
 # Each suite invocation logs the trial ids of the suite as it is then (a JSON list) on its suite run. The report
 # uses the newest invocation's: a run of a trial the suite has since replaced (a changed config makes a new trial)
 # is not one of its rows.
