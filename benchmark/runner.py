@@ -19,12 +19,16 @@ Tune's own state goes to ``storage`` (a path or ``s3://...``).
 from __future__ import annotations
 
 import atexit
+import fcntl
+import hashlib
 import json
 import logging
 import math
 import os
+import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +40,7 @@ from ray import tune
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from benchmark import tracking
-from benchmark.suite import DatasetSpec, Suite, Trial, load_suite
+from benchmark.suite import DatasetSpec, Suite, SuiteError, Trial, load_suite
 from benchmark.trial import run_trial
 from diffpose.carry import carry_in, carry_out
 from diffpose.config import Config
@@ -351,6 +355,33 @@ def _run_trials(todo: list[Trial], trained: Callable[[Config], bool], ctx: dict[
     return failed, busy, wall
 
 
+RUNNING = "running"  # in the results folder: one lock file per suite, held by the invocation running it
+
+
+@contextmanager
+def running(results: Path, suite: str) -> Iterator[None]:
+    """Hold the lock of ``suite`` on ``results`` while an invocation runs it. A second invocation of the same
+    suite on the same results is refused (its suite run would close the first's as killed, and both would run
+    the same trials): :class:`SuiteError`, naming the driver that holds it. The lock goes with its driver's
+    process, killed or not; a lock file left behind holds nothing. (Drivers on different machines that share
+    an MLflow server but not a results folder are not seen.)"""
+    folder = results / RUNNING
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{hashlib.sha1(suite.encode()).hexdigest()[:16]}.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "a driver"
+            raise SuiteError(f"{results}: suite {suite} is already running on these results ({holder}); wait "
+                             "for it to end, or stop it, before running it again") from None
+        lock.truncate(0)
+        lock.write(f"driver PID {os.getpid()} on {socket.gethostname()} since "
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+        lock.flush()
+        yield
+
+
 def run_suite(
     suite_path: str | Path,
     results_dir: str | Path = "results",
@@ -364,10 +395,18 @@ def run_suite(
     log them to MLflow. The report is built by the caller (``reports``)."""
     t_start = time.perf_counter()
     suite = load_suite(suite_path)
+    results = Path(results_dir).resolve()
     if suite.carry is not None and suite.carry.is_dir():  # its files checked before anything is written
-        carried = carry_in(suite.carry, Path(results_dir).resolve() / TRAININGS)
+        carried = carry_in(suite.carry, results / TRAININGS)  # leaves what another process trains
         log.info("%s from %s", carried.line("carried in"), suite.carry)
-    setup = set_up(suite.name, suite.datasets.values(), results_dir, tracking_uri)
+    with running(results, suite.name):
+        return _invoke(suite, results, address, storage, tracking_uri, verbose, t_start)
+
+
+def _invoke(suite: Suite, results: Path, address: str | None, storage: str | None, tracking_uri: str | None,
+            verbose: int, t_start: float) -> SuiteSummary:
+    """:func:`run_suite` once it holds the suite's lock on the results."""
+    setup = set_up(suite.name, suite.datasets.values(), results, tracking_uri)
     client, experiment_id = setup.client, setup.experiment_id
     trials = suite.trials(suite.fingerprints())
     encoders = suite.encoder_trials(trials)

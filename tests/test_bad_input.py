@@ -27,6 +27,7 @@ from formats import (
 )
 
 from benchmark.cli import main
+from benchmark.runner import running
 from diffpose.data.h36m import h36m_cameras
 
 LAYOUT = {"S1": {"Directions 1": 12, "TakingPhoto 1": 8}, "S8": {"Eating": 6}, "S9": {"Walking 1": 10}}
@@ -794,3 +795,25 @@ def test_ablate_refuses_a_foreign_carried_file_before_anything_is_written(store,
     results = tmp_path / "results"
     one_line(*run(capsys, "ablate", "--suite", path, "--results", results), str(carried / "checkpoint.pt"))
     assert not results.exists()
+
+
+def test_a_suite_already_running_on_the_results_is_refused_until_its_driver_is_gone(store, tmp_path, capsys):
+    path = tmp_path / "s.toml"
+    path.write_text(f'[suite]\nname = "s"\nvariants = ["simple_baseline"]\n\n[datasets.d]\nstore = "{store}"\n')
+    results = tmp_path / "results"
+    holder = subprocess.Popen(  # another driver of the suite on these results, holding its lock
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from benchmark.runner import running\n"
+         f"with running(Path({str(results)!r}), 's'):\n    print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = tree(results)
+        one_line(*run(capsys, "ablate", "--suite", path, "--results", results), str(results),
+                 "suite s is already running", f"driver PID {holder.pid}")
+        assert tree(results) == before  # no MLflow database, no suite run, no Ray
+    finally:
+        holder.kill()
+        holder.wait()
+    with running(results, "s"):  # the killed driver's lock went with it; its file is still there
+        pass
+    assert list((results / "running").iterdir())
