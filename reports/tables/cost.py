@@ -54,7 +54,9 @@ def cost_table(runs: pd.DataFrame) -> tuple[list[Table], list[str]]:
              "and the encoder. Train: wall time of training the weights, summed over epochs with validation "
              "(the context encoder's not included; K and N rows evaluate full DiffPose's weights and show "
              "their training); Poses/s: inference throughput on the test split; both per device type (– "
-             "where a variant has no run on that device type).",
+             "where a variant has no run on that device type), and both measured inside the trials, so beside "
+             "whatever else their machine ran then (a suite's other trials); make bench measures speed "
+             "alone.",
              f"Epochs at most: {', '.join(epochs) or 'not logged'}; devices: {', '.join(names) or 'not logged'}."]
     table = Table("cost", "Cost: parameters, FLOPs, training time and inference speed", "Variant", columns,
                   rows, notes + convergence_note(unconverged), partial_text(missing), kind="cost",
