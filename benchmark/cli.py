@@ -136,7 +136,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     suite = apply_overrides(args.suite, args.overrides, args.results / "suites") if args.overrides else args.suite
     summary = run_suite(suite, args.results, address=args.address, storage=args.storage)
     if not args.no_report:
-        summary.report_dir = _report(summary.tracking_uri, summary.suite, args.results)
+        summary.report_dir = _report(summary.tracking_uri, summary.suite, args.results, carried=summary.carry)
     print("\n".join(summary.lines()))
     return 1 if summary.failed else 0
 
@@ -166,11 +166,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0 if summary.best is not None else 1
 
 
-def _report(uri: str, experiment: str, results: Path, reference: Path | None = None) -> Path:
+def _report(uri: str, experiment: str, results: Path, reference: Path | None = None,
+            carried: Path | None = None) -> Path:
     from reports.build import build_report
 
     out = results / "report" / experiment
-    report = build_report(uri, experiment, out, parquet=results / f"{experiment}.parquet", reference=reference)
+    report = build_report(uri, experiment, out, parquet=results / f"{experiment}.parquet", reference=reference,
+                          carried=carried)
     if not report.ok:
         print(f"report: {report.message}")
     for warning in report.warnings:
@@ -178,21 +180,23 @@ def _report(uri: str, experiment: str, results: Path, reference: Path | None = N
     return out
 
 
-def _experiment_of(path: Path, results: Path) -> str:
-    """The MLflow experiment a suite file or a search file (one with a [search] table) logs to: its name."""
+def _experiment_of(path: Path, results: Path) -> tuple[str, Path | None]:
+    """The MLflow experiment a suite file or a search file (one with a [search] table) logs to (its name), and
+    the folder a suite's trainings and invocations travel in (``carry``), if any."""
     from benchmark.search import load_search
     from benchmark.suite import SuiteError, load_suite
 
     is_search = "search" in read_toml(path, SuiteError, "suite or search file")
     if is_search:
-        return load_search(path, results_dir=results, check_data=False).name
-    return load_suite(path, check_data=False).name
+        return load_search(path, results_dir=results, check_data=False).name, None
+    suite = load_suite(path, check_data=False)
+    return suite.name, suite.carry
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from benchmark.tracking import experiment_exists, tracking_uri
 
-    experiment = args.experiment or _experiment_of(args.suite, args.results)
+    experiment, carried = (args.experiment, None) if args.experiment else _experiment_of(args.suite, args.results)
     uri = tracking_uri(args.results, args.tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise DataError(uri.removeprefix("sqlite:///"), "no tracking database: nothing has run with these "
@@ -203,7 +207,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         from reports.build import check_publishable
 
         check_publishable(args.publish)
-    out = _report(uri, experiment, args.results, args.reference)
+    out = _report(uri, experiment, args.results, args.reference, carried)
     print(f"report written to {out}")
     if args.publish is not None:
         from reports.build import publish

@@ -46,6 +46,7 @@ from diffpose.carry import carry_in, carry_out
 from diffpose.config import Config
 from diffpose.data.store import prepare
 from diffpose.train import TRAININGS, is_trained
+from reports.invocations import carried_invocations, carry_invocations
 from reports.results import SUITE_TRIALS
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class SuiteSummary:
     results_dir: Path
     scheduled_seconds: float = 0.0   # the wall time of the Tuner that ran the trials
     report_dir: Path | None = None
+    carry: Path | None = None        # the folder the suite's trainings and invocations travel in, if any
 
     @property
     def efficiency(self) -> float:
@@ -397,6 +399,7 @@ def run_suite(
     suite = load_suite(suite_path)
     results = Path(results_dir).resolve()
     if suite.carry is not None and suite.carry.is_dir():  # its files checked before anything is written
+        carried_invocations(suite.carry)
         carried = carry_in(suite.carry, results / TRAININGS)  # leaves what another process trains
         log.info("%s from %s", carried.line("carried in"), suite.carry)
     with running(results, suite.name):
@@ -436,7 +439,7 @@ def _invoke(suite: Suite, results: Path, address: str | None, storage: str | Non
     failed: list[str] = []
     summary = SuiteSummary(suite=suite.name, trials=len(trials), done=0, skipped=skipped, failed=failed,
                            wall_seconds=0.0, trial_seconds=0.0, slots=slots, tracking_uri=setup.tracking_uri,
-                           experiment_id=experiment_id, results_dir=setup.results)
+                           experiment_id=experiment_id, results_dir=setup.results, carry=suite.carry)
     clock = WallClock(setup.tracking_uri, parent, t_start)
     try:
         f, busy, wall = _run_trials(todo_encoders + todo, lambda cfg: is_trained(cfg, cache), ctx, suite, res,
@@ -447,14 +450,15 @@ def _invoke(suite: Suite, results: Path, address: str | None, storage: str | Non
         # what ended since the first lookup (this invocation's trials, others' too), left for the next lookup
         known = tracking.find_finished(client, experiment_id, known)
         tracking.write_index(client, parent, known)
-        if suite.carry is not None:
-            carried = carry_out(suite.trainings(trials), cache, suite.carry)
-            log.info("%s to %s", carried.line("carried out"), suite.carry)
         summary.done = len(known.among(t.id for t in todo))
         summary.wall_seconds = time.perf_counter() - t_start
         for key, value in (("trials_done", summary.done), ("trials_failed", len(failed)),
                            ("wall_seconds", summary.wall_seconds), ("scheduling_efficiency", summary.efficiency)):
             if not math.isnan(value):
                 client.log_metric(parent, key, float(value))
+        if suite.carry is not None:  # after its wall time, which it carries too
+            carried = carry_out(suite.trainings(trials), cache, suite.carry)
+            log.info("%s to %s", carried.line("carried out"), suite.carry)
+            carry_invocations(setup.tracking_uri, suite.name, suite.carry)
         client.set_terminated(parent, status="FAILED" if failed else "FINISHED")
     return summary

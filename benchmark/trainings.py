@@ -7,9 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmark.suite import Suite, SuiteError, Trial, load_suite
+from benchmark.tracking import tracking_uri
 from diffpose.carry import carry_out
 from diffpose.data.source import DataError
 from diffpose.train import TRAININGS, training_state
+from reports.invocations import carry_invocations
 
 # The states of a training (diffpose.train.TrainingState), in the order they are listed.
 STATES = ("converged", "unconverged", "part-way", "not started")
@@ -39,8 +41,11 @@ def carry(path: Path, results: Path, to: Path | None) -> list[str]:
         raise DataError(folder, "a file, not a folder (the trainings travel in a folder)")
     cache = trainings_cache(suite, results, "nothing to carry")
     carried = carry_out(suite.trainings(suite.trials(suite.fingerprints())), cache, folder)
+    runs = carry_invocations(tracking_uri(results), suite.name, folder)
+    hours = sum(r["wall_seconds"] or 0.0 for r in runs.values()) / 3600
     return [f"{carried.line('carried')} of suite {suite.name} to {folder}",
-            *(f"  {identity}: part-way, after epoch {epochs}" for identity, epochs in sorted(carried.partway.items()))]
+            *(f"  {identity}: part-way, after epoch {epochs}" for identity, epochs in sorted(carried.partway.items())),
+            *([f"  its invocations: {len(runs)} recorded there, {hours:.1f} h of wall time"] if runs else [])]
 
 
 def progress(path: Path, results: Path) -> list[str]:

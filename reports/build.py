@@ -29,6 +29,7 @@ import pandas as pd
 
 from diffpose.data.source import DataError
 from reports import figures as figs
+from reports.invocations import invocations
 from reports.results import (
     CHECKPOINT_TAG,
     SCHEMA_VERSION,
@@ -36,7 +37,6 @@ from reports.results import (
     ResultsError,
     column,
     finished_trials,
-    invocations,
     local_path,
     metric,
     param,
@@ -92,15 +92,19 @@ class ReportSummary:
 
 
 def build_report(tracking_uri: str, experiment: str, out_dir: Path, *, parquet: Path | None = None,
-                 figures: bool = True, reference: Path | None = None) -> ReportSummary:
+                 figures: bool = True, reference: Path | None = None, carried: Path | None = None
+                 ) -> ReportSummary:
     """Pull every trial of ``experiment`` from MLflow, save the results store (``parquet``, default
     ``out_dir/results.parquet``), build tables and (unless ``figures`` is False) figures; with ``reference``
-    (another study's results store, :func:`reference_runs`), the table of this study's rows against its."""
+    (another study's results store, :func:`reference_runs`), the table of this study's rows against its. With
+    ``carried`` (the suite's carry folder), its wall time counts the invocations of other machines that the
+    folder records (:mod:`reports.invocations`)."""
     out_dir = Path(out_dir)
-    against = reference_runs(reference) if reference is not None else None   # a bad file: before any work
+    # a bad reference or carried record: one line, before any work
+    against = reference_runs(reference) if reference is not None else None
+    study = {f"study.{k}": v for k, v in invocations(tracking_uri, experiment, carried).items()}
     parquet = Path(parquet) if parquet is not None else out_dir / "results.parquet"
     frame = pull_runs(tracking_uri, experiment)
-    study = {f"study.{k}": v for k, v in invocations(tracking_uri, experiment).items()}
     write_parquet(frame, parquet, experiment=experiment, tracking_uri=tracking_uri, **study)
     source = f"MLflow experiment '{experiment}' at {tracking_uri}"
     sections = search_sections(tracking_uri, experiment)
@@ -256,8 +260,8 @@ def _plots(runs: pd.DataFrame, find: ArtifactFinder, warn: list[str]) -> list[fi
 def training_text(runs: pd.DataFrame) -> str:
     """The time the finished trials' trainings took, each training once however many trials evaluate it (by
     :data:`TRAINING_TAG`; for runs logged before it, the folder of their ``checkpoint`` tag), from the training's
-    own record (``train_seconds``): this counts the trainings a suite carried in from other machines, which the
-    wall time of this machine's invocations does not. Empty when no run logged it."""
+    own record (``train_seconds``): this counts the trainings a suite carried in from other machines. Empty when
+    no run logged it."""
     seconds = pd.to_numeric(column(runs, metric("train_seconds")), errors="coerce")
     folder = column(runs, tag(CHECKPOINT_TAG)).map(lambda p: Path(p).parent.name if isinstance(p, str) else None)
     training = column(runs, tag(TRAINING_TAG)).where(lambda t: t.notna(), folder)
@@ -274,7 +278,7 @@ def training_text(runs: pd.DataFrame) -> str:
 
 
 def study_text(runs: pd.DataFrame, study: dict[str, str]) -> str:
-    """The suite's wall time over its invocations (``study``: :func:`reports.results.invocations` as
+    """The suite's wall time over its invocations (``study``: :func:`reports.invocations.invocations` as
     ``study.<key>``), its trainings' time (:func:`training_text`) and the machines its finished trials ran on
     (their ``host.*`` tags)."""
     parts = []
@@ -282,9 +286,12 @@ def study_text(runs: pd.DataFrame, study: dict[str, str]) -> str:
         n, unlogged = int(study["study.invocations"]), int(study.get("study.unlogged", "0"))
         seconds = float(study.get("study.wall_seconds", "0"))
         wall = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+        elsewhere = int(study.get("study.elsewhere", "0"))
+        notes = [f"{elsewhere} of them other machines', from the record its carried trainings hold"] * bool(elsewhere)
+        notes += [f"{unlogged} logged none: killed within its first minute, or run by a version that logged it "
+                  "only at the end"] * bool(unlogged)
         parts.append(f"Wall time: {wall} over {n} invocation{'s' if n > 1 else ''} of the suite"
-                     + (f" ({unlogged} logged none: killed within its first minute, or run by a version that "
-                        "logged it only at the end)" if unlogged else "") + ".")
+                     + (f" ({'; '.join(notes)})" if notes else "") + ".")
     if not runs.empty:
         if training := training_text(runs):
             parts.append(training)

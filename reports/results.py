@@ -32,7 +32,6 @@ import pyarrow.parquet as pq
 from pandas.errors import Pandas4Warning
 
 from diffpose.config import Config
-from diffpose.data.source import DataError
 
 log = logging.getLogger(__name__)
 
@@ -163,44 +162,6 @@ def pull_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
     trials = trials.drop(columns=[c for c in ("experiment_id",) if c in trials.columns]).reset_index(drop=True)
     trials[CURVE] = learning_curves(tracking_uri, trials)
     return type_params(trials).sort_values("run_id", ignore_index=True)
-
-
-def invocations(tracking_uri: str, experiment: str) -> dict[str, str]:
-    """How long the experiment's suite ran, over its invocations (a study runs in pieces): ``invocations`` (suite
-    runs), ``wall_seconds`` (the sum of each one's last logged wall time: the driver logs it once a minute and
-    when it ends), ``unlogged`` (invocations that logged none), and ``trials``, the newest invocation's trial
-    ids (:data:`SUITE_TRIALS`, as JSON; absent when no invocation logged them). Strings, as a results store's
-    metadata."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return {}
-    suites = list(search_all(client, found.experiment_id, "tags.`diffpose.role` = 'suite'"))
-    if not suites:
-        return {}
-    walls = [r.data.metrics.get("wall_seconds") for r in suites]
-    out = {"invocations": str(len(suites)), "wall_seconds": f"{sum(w for w in walls if w is not None):.0f}",
-           "unlogged": str(sum(w is None for w in walls))}
-    trials = _suite_trials(client, max(suites, key=lambda r: r.info.start_time))
-    if trials is not None:
-        out["trials"] = json.dumps(trials)
-    return out
-
-
-def _suite_trials(client: Any, run: Any) -> list[str] | None:
-    """The trial ids ``run`` (a suite invocation) logged, or None: logged by none before this was recorded."""
-    text = artifact_text(client, run, SUITE_TRIALS)
-    if text is None:
-        return None
-    try:
-        trials = json.loads(text)
-    except json.JSONDecodeError:
-        trials = None
-    if not (isinstance(trials, list) and all(isinstance(t, str) for t in trials)):
-        raise DataError(f"{SUITE_TRIALS} of suite run {run.info.run_id}", "not a JSON list of trial ids (damaged?)")
-    return trials
 
 
 def artifact_text(client: Any, run: Any, name: str) -> str | None:

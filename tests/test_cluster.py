@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from reports.invocations import INVOCATIONS, invocations
 from reports.results import TRAINING_TAG
 
 pytestmark = [
@@ -441,8 +442,6 @@ def test_suite_on_two_nodes_logs_one_finished_run_per_trial_to_a_server(cluster,
     for tid in trials:
         assert "trial.detector" in runs[tid].data.params, "no trial.detector param (RUN_SCHEMA.md)"
     # The report reads the suite's trials from the server's artifact store.
-    from reports.results import invocations
-
     assert json.loads(invocations(mlflow_server, "two_nodes")["trials"]) == sorted(trials)
 
 
@@ -591,7 +590,7 @@ def test_a_suite_goes_on_on_another_machine_from_the_trainings_it_carried(loopba
                         if k.startswith(("test_p1", "test_p2")) or k == "train_seconds"})
         tags.append(run.data.tags)
     assert "carried out 1 finished, 0 part-way" in outs[0]
-    (folder,) = carried.iterdir()   # 2 epochs, its cap, short of convergence: its checkpoint travels too
+    (folder,) = [p for p in carried.iterdir() if p.is_dir()]  # 2 epochs, its cap, unconverged: its checkpoint too
     # Both runs name the one training they evaluate, and its time is its own record's, carried with it.
     assert tags[0][TRAINING_TAG] == tags[1][TRAINING_TAG] == folder.name
     assert {f.name for f in folder.iterdir()} == {"done.json", "best.pt", "checkpoint.pt"}
@@ -600,6 +599,10 @@ def test_a_suite_goes_on_on_another_machine_from_the_trainings_it_carried(loopba
     assert not TRAINING.findall(outs[1] + logs[1]), "the second machine trained again"
     assert "carried out 0 finished, 0 part-way, 1 already there" in outs[1]
     assert metrics[1] == metrics[0] and "test_p1" in metrics[0]
+    # Each machine's invocation travels with the trainings: the second's report counts both, each once.
+    study = invocations(f"sqlite:///{tmp_path / 'second' / 'mlflow.db'}", "carry", carried)
+    assert (study["invocations"], study["elsewhere"], study["unlogged"]) == ("2", "1", "0")
+    assert len(json.loads((carried / INVOCATIONS).read_text())["suites"]["carry"]) == 2
 
 
 def test_bad_suite_fails_before_anything_starts(tmp_path):

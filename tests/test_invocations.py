@@ -1,0 +1,99 @@
+"""A suite's invocations travel with its trainings: the report built on the last machine counts the wall time of
+every machine's invocations, each once, and a damaged record is one line naming it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from benchmark.cli import main
+from benchmark.tracking import ROLE, ensure_experiment, start_parent_run
+from diffpose.data.source import DataError
+from reports.build import study_text
+from reports.invocations import INVOCATIONS, carry_invocations, invocations
+
+
+def _store(path: Path) -> tuple[str, MlflowClient, str]:
+    """A machine's MLflow store with the experiment of suite ``s``."""
+    uri = f"sqlite:///{path / 'mlflow.db'}"
+    path.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(uri)
+    return uri, client, ensure_experiment(client, "s", path / "artifacts")
+
+
+def _invocation(client: MlflowClient, experiment_id: str, wall: float | None) -> str:
+    run = start_parent_run(client, experiment_id, "suite", "s", Path("s.toml"), "abc")
+    if wall is not None:
+        client.log_metric(run, "wall_seconds", wall)
+    return run
+
+
+def test_each_machines_invocations_are_counted_once_with_their_latest_wall_time(tmp_path):
+    folder = tmp_path / "carried"
+    uri1, c1, e1 = _store(tmp_path / "one")
+    running = _invocation(c1, e1, 600.0)
+    _invocation(c1, e1, 3000.0)
+    _invocation(c1, e1, None)                       # killed within its first minute
+    assert len(carry_invocations(uri1, "s", folder)) == 3
+    c1.log_metric(running, "wall_seconds", 1200.0)  # it ran on after that carry
+    carry_invocations(uri1, "s", folder)
+    c1.log_metric(running, "wall_seconds", 900.0)   # a smaller value never replaces a larger one
+    carry_invocations(uri1, "s", folder)
+    assert json.loads((folder / INVOCATIONS).read_text())["suites"]["s"][running]["wall_seconds"] == 1200.0
+
+    uri2, c2, e2 = _store(tmp_path / "two")        # the next machine: a new store
+    _invocation(c2, e2, 1800.0)
+    got = invocations(uri2, "s", folder)
+    assert (got["invocations"], got["wall_seconds"], got["unlogged"], got["elsewhere"]) == ("4", "6000", "1", "3")
+    carry_invocations(uri2, "s", folder)           # carried out there too: still counted once
+    assert invocations(uri2, "s", folder)["invocations"] == "4"
+    assert invocations(uri2, "s")["invocations"] == "1"            # without the folder: this store's only
+    text = study_text(pd.DataFrame(), {f"study.{k}": v for k, v in got.items()})
+    assert text == ("Wall time: 1.7 h over 4 invocations of the suite (3 of them other machines', from the record "
+                    "its carried trainings hold; 1 logged none: killed within its first minute, or run by a version "
+                    "that logged it only at the end).")
+    other = json.loads((folder / INVOCATIONS).read_text())
+    other["suites"]["t"] = {"x": {"started": "2026-12-07T00:00:00Z", "wall_seconds": 5.0}}
+    (folder / INVOCATIONS).write_text(json.dumps(other))
+    assert invocations(uri2, "s", folder)["invocations"] == "4"   # another suite's, in the same folder: not its
+
+
+def test_no_store_or_no_experiment_has_no_invocations_and_creates_nothing(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'none' / 'mlflow.db'}"
+    assert invocations(uri, "s", tmp_path / "carried") == {}
+    assert carry_invocations(uri, "s", tmp_path / "carried") == {}
+    assert not (tmp_path / "none").exists() and not (tmp_path / "carried").exists()
+    uri, client, _ = _store(tmp_path / "one")
+    assert invocations(uri, "other") == {} and client.get_experiment_by_name("other") is None
+
+
+@pytest.mark.parametrize("text", ["not json", "[]", '{"suites": {"s": {"r": {"wall_seconds": 1}}}}',
+                                  '{"suites": {"s": {"r": {"started": "x", "wall_seconds": "long"}}}}',
+                                  '{"suites": {"s": {"r": {"started": "x", "wall_seconds": NaN}}}}'])
+def test_a_damaged_record_is_one_line_naming_it(tmp_path, capsys, text, fake_store):
+    folder = tmp_path / "carried"
+    folder.mkdir()
+    (folder / INVOCATIONS).write_text(text)
+    uri, client, experiment_id = _store(tmp_path / "results")
+    _invocation(client, experiment_id, 60.0)
+    with pytest.raises(DataError, match=INVOCATIONS):
+        carry_invocations(uri, "s", folder)
+    assert (folder / INVOCATIONS).read_text() == text          # left as it was
+    suite = tmp_path / "s.toml"
+    suite.write_text(f'[suite]\nname = "s"\nvariants = ["mean_pose"]\ncarry = "{folder}"\n\n'
+                     f'[datasets.d]\nstore = "{fake_store}"\n')
+    capsys.readouterr()                                          # MLflow's lines as the store was made
+    assert main(["report", "--suite", str(suite), "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(folder / INVOCATIONS) in err, err
+    assert not (tmp_path / "results" / "report").exists() and not (tmp_path / "results" / "s.parquet").exists()
+    assert client.search_runs([experiment_id], f"tags.`{ROLE}` = 'suite'")  # untouched
+    fresh = tmp_path / "fresh"                                   # ablate: refused before anything is written
+    assert main(["ablate", "--suite", str(suite), "--results", str(fresh)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(folder / INVOCATIONS) in err, err
+    assert not fresh.exists()
