@@ -11,7 +11,7 @@ from benchmark.tracking import tracking_uri
 from diffpose.carry import carry_out
 from diffpose.data.source import DataError
 from diffpose.train import TRAININGS, training_state
-from reports.invocations import carry_invocations
+from reports.invocations import carry_invocations, invocations
 
 # The states of a training (diffpose.train.TrainingState), in the order they are listed.
 STATES = ("converged", "unconverged", "part-way", "not started")
@@ -61,7 +61,11 @@ def progress(path: Path, results: Path) -> list[str]:
                     key=lambda s: (STATES.index(s[0].state), s[0].identity))
     counts = ", ".join(f"{n} {state}" for state in STATES if (n := sum(s.state == state for s, _ in states)))
     hours = sum(s.seconds for s, _ in states) / 3600
-    lines = [f"suite {suite.name}: {len(states)} trainings in {cache}: {counts}; {hours:.1f} h of training so far"]
+    study = invocations(tracking_uri(results), suite.name, suite.carry)
+    wall = (f", {float(study['wall_seconds']) / 3600:.1f} h of wall time over {study['invocations']} invocations"
+            if study else "")
+    lines = [f"suite {suite.name}: {len(states)} trainings in {cache}: {counts}; {hours:.1f} h of training so far"
+             f"{wall}"]
     width = max(len(s.identity) for s, _ in states)
     for state, ts in states:
         names = [t.name for t in ts if t.stage != "encoder"] or [f"{ts[0].name} (a context encoder)"]

@@ -300,11 +300,13 @@ class TrainingState:
     seconds: float             # its own time so far, summed over its epochs
 
     def line(self, width: int = 0) -> str:
-        """One line: state, identity (padded to ``width``), epochs of the cap, best validation value, time."""
+        """One line: state, identity (padded to ``width``), epochs of the cap, best validation value, time (and
+        its mean over the epochs)."""
         best = f"best {self.metric} {self.best:.2f} at epoch {self.best_epoch}" if self.best is not None else ""
         epochs = f"{self.epochs}/{self.cap}"
+        per_epoch = f", {self.seconds / self.epochs:4.0f} s an epoch" if self.epochs else ""
         return (f"{self.state:<11}  {self.identity:<{width}}  {epochs:>7} epochs  {best:<33}  "
-                f"{self.seconds / 3600:5.1f} h")
+                f"{f'{self.seconds / 3600:5.1f} h{per_epoch}':<24}")
 
 
 def training_state(cfg: Config, cache: str | Path) -> TrainingState:

@@ -171,6 +171,7 @@ def test_the_carry_command_writes_the_suites_trainings_and_progress_says_where_e
     assert lines[2].endswith("  d/graformer/seed0")
     assert states[trials["simple_baseline"].training][2] == "3/3"
     assert lines[3].split()[:4] == ["not", "started", trials["semgcn"].training, "0/3"]
+    assert all(" s an epoch  " in line for line in lines[:3]) and "s an epoch" not in lines[3]
 
 
 def test_a_damaged_record_of_a_finished_training_is_named_not_read(tmp_path):
