@@ -287,7 +287,7 @@ def study_text(runs: pd.DataFrame, study: dict[str, str]) -> str:
         seconds = float(study.get("study.wall_seconds", "0"))
         wall = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
         elsewhere = int(study.get("study.elsewhere", "0"))
-        notes = [f"{elsewhere} of them other machines', from the record its carried trainings hold"] * bool(elsewhere)
+        notes = [f"{elsewhere} of them on other machines, from the record its carried trainings hold"] * bool(elsewhere)
         notes += [f"{unlogged} logged none: killed within its first minute, or run by a version that logged it "
                   "only at the end"] * bool(unlogged)
         parts.append(f"Wall time: {wall} over {n} invocation{'s' if n > 1 else ''} of the suite"

@@ -11,10 +11,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from benchmark.cli import main
-from benchmark.tracking import ROLE, ensure_experiment, start_parent_run
+from benchmark.tracking import ensure_experiment, start_parent_run
 from diffpose.data.source import DataError
 from reports.build import study_text
-from reports.invocations import INVOCATIONS, carry_invocations, invocations
+from reports.invocations import INVOCATIONS, carried_invocations, carry_invocations, invocations
 
 
 def _store(path: Path) -> tuple[str, MlflowClient, str]:
@@ -53,7 +53,7 @@ def test_each_machines_invocations_are_counted_once_with_their_latest_wall_time(
     assert invocations(uri2, "s", folder)["invocations"] == "4"
     assert invocations(uri2, "s")["invocations"] == "1"            # without the folder: this store's only
     text = study_text(pd.DataFrame(), {f"study.{k}": v for k, v in got.items()})
-    assert text == ("Wall time: 1.7 h over 4 invocations of the suite (3 of them other machines', from the record "
+    assert text == ("Wall time: 1.7 h over 4 invocations of the suite (3 of them on other machines, from the record "
                     "its carried trainings hold; 1 logged none: killed within its first minute, or run by a version "
                     "that logged it only at the end).")
     other = json.loads((folder / INVOCATIONS).read_text())
@@ -74,26 +74,28 @@ def test_no_store_or_no_experiment_has_no_invocations_and_creates_nothing(tmp_pa
 @pytest.mark.parametrize("text", ["not json", "[]", '{"suites": {"s": {"r": {"wall_seconds": 1}}}}',
                                   '{"suites": {"s": {"r": {"started": "x", "wall_seconds": "long"}}}}',
                                   '{"suites": {"s": {"r": {"started": "x", "wall_seconds": NaN}}}}'])
-def test_a_damaged_record_is_one_line_naming_it(tmp_path, capsys, text, fake_store):
+def test_a_damaged_record_is_named(tmp_path, text):
+    (tmp_path / INVOCATIONS).write_text(text)
+    with pytest.raises(DataError, match=f"^{tmp_path / INVOCATIONS}: not a record of a suite's invocations"):
+        carried_invocations(tmp_path)
+
+
+def test_report_and_ablate_refuse_a_damaged_record_in_one_line_writing_nothing(tmp_path, capsys, fake_store):
     folder = tmp_path / "carried"
     folder.mkdir()
-    (folder / INVOCATIONS).write_text(text)
+    (folder / INVOCATIONS).write_text("not json")
     uri, client, experiment_id = _store(tmp_path / "results")
     _invocation(client, experiment_id, 60.0)
     with pytest.raises(DataError, match=INVOCATIONS):
         carry_invocations(uri, "s", folder)
-    assert (folder / INVOCATIONS).read_text() == text          # left as it was
+    assert (folder / INVOCATIONS).read_text() == "not json"      # left as it was
     suite = tmp_path / "s.toml"
     suite.write_text(f'[suite]\nname = "s"\nvariants = ["mean_pose"]\ncarry = "{folder}"\n\n'
                      f'[datasets.d]\nstore = "{fake_store}"\n')
     capsys.readouterr()                                          # MLflow's lines as the store was made
-    assert main(["report", "--suite", str(suite), "--results", str(tmp_path / "results")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and str(folder / INVOCATIONS) in err, err
+    for argv, results in ((["report"], tmp_path / "results"), (["ablate"], tmp_path / "fresh")):
+        assert main([*argv, "--suite", str(suite), "--results", str(results)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(folder / INVOCATIONS) in err, err
     assert not (tmp_path / "results" / "report").exists() and not (tmp_path / "results" / "s.parquet").exists()
-    assert client.search_runs([experiment_id], f"tags.`{ROLE}` = 'suite'")  # untouched
-    fresh = tmp_path / "fresh"                                   # ablate: refused before anything is written
-    assert main(["ablate", "--suite", str(suite), "--results", str(fresh)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and str(folder / INVOCATIONS) in err, err
-    assert not fresh.exists()
+    assert not (tmp_path / "fresh").exists()
