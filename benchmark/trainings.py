@@ -11,7 +11,7 @@ from benchmark.tracking import tracking_uri
 from diffpose.carry import carry_out
 from diffpose.data.source import DataError
 from diffpose.train import TRAININGS, training_state
-from reports.invocations import carry_invocations, invocations
+from reports.invocations import carried_invocations, carry_invocations, invocations
 
 # The states of a training (diffpose.train.TrainingState), in the order they are listed.
 STATES = ("converged", "unconverged", "part-way", "not started")
@@ -39,6 +39,7 @@ def carry(path: Path, results: Path, to: Path | None) -> list[str]:
                          f"give one with --to")
     if folder.exists() and not folder.is_dir():
         raise DataError(folder, "a file, not a folder (the trainings travel in a folder)")
+    carried_invocations(folder)  # a damaged record: one line before anything is written
     cache = trainings_cache(suite, results, "nothing to carry")
     carried = carry_out(suite.trainings(suite.trials(suite.fingerprints())), cache, folder)
     runs = carry_invocations(tracking_uri(results), suite.name, folder)

@@ -80,7 +80,7 @@ def test_a_damaged_record_is_named(tmp_path, text):
         carried_invocations(tmp_path)
 
 
-def test_report_and_ablate_refuse_a_damaged_record_in_one_line_writing_nothing(tmp_path, capsys, fake_store):
+def test_report_carry_and_ablate_refuse_a_damaged_record_in_one_line_writing_nothing(tmp_path, capsys, fake_store):
     folder = tmp_path / "carried"
     folder.mkdir()
     (folder / INVOCATIONS).write_text("not json")
@@ -93,9 +93,11 @@ def test_report_and_ablate_refuse_a_damaged_record_in_one_line_writing_nothing(t
     suite.write_text(f'[suite]\nname = "s"\nvariants = ["mean_pose"]\ncarry = "{folder}"\n\n'
                      f'[datasets.d]\nstore = "{fake_store}"\n')
     capsys.readouterr()                                          # MLflow's lines as the store was made
-    for argv, results in ((["report"], tmp_path / "results"), (["ablate"], tmp_path / "fresh")):
+    (tmp_path / "results" / "trainings").mkdir()                # a cache to carry from: nothing is carried
+    for argv, results in ((["report"], tmp_path / "results"), (["carry"], tmp_path / "results"),
+                          (["ablate"], tmp_path / "fresh")):
         assert main([*argv, "--suite", str(suite), "--results", str(results)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and str(folder / INVOCATIONS) in err, err
     assert not (tmp_path / "results" / "report").exists() and not (tmp_path / "results" / "s.parquet").exists()
-    assert not (tmp_path / "fresh").exists()
+    assert not (tmp_path / "fresh").exists() and [p.name for p in folder.iterdir()] == [INVOCATIONS]
