@@ -47,6 +47,7 @@ MAX_METHODS = 10          # lines a figure tells apart (tab10); a longer legend 
 SPREAD_BINS = 20          # equal-count bins of a run's per-joint spread
 SPREAD_SEEDS = 30         # seeds per method whose predictions the spread figure reads (each a whole test split)
 EACH_TRAINING_UP_TO = 5   # learning curves: a variant with more trainings draws their mean and a band
+EPOCHS_LOG_FROM = 10      # learning curves: a log epoch axis where one training is this many times another's
 
 
 @dataclass
@@ -91,10 +92,11 @@ def _k_ticks(ax, ks: list[int]) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _log_ticks(ax, low: float, high: float) -> None:
-    """Log-x with plain-number labels (1,000 not 10^3): 1-2-5 ticks within two decades, else decades only."""
+def _log_ticks(ax, low: float, high: float, fine_up_to: float = 100) -> None:
+    """Log-x with plain-number labels (1,000 not 10^3): 1-2-5 ticks while high / low < ``fine_up_to``, else
+    decades only."""
     ax.set_xscale("log")
-    subs = (1.0, 2.0, 5.0) if high / max(low, 1e-12) < 100 else (1.0,)
+    subs = (1.0, 2.0, 5.0) if high / max(low, 1e-12) < fine_up_to else (1.0,)
     ax.xaxis.set_major_locator(LogLocator(base=10.0, subs=subs))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
@@ -315,6 +317,7 @@ def learning_curves_figure(runs: pd.DataFrame) -> Plot | None:
     order = dataset_order(datasets.unique())
     with style():
         fig, axes = figure(max(8.5, 7.6 * len(order)), 4.2, ncols=len(order))     # legends to the right
+        logarithmic = []
         for ax, ds in zip(axes, order, strict=True):
             sub = have[datasets == ds]
             labels = variant_rows(sub, [], "curves")
@@ -337,6 +340,11 @@ def learning_curves_figure(runs: pd.DataFrame) -> Plot | None:
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(ScalarFormatter())
             ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.0f}"))
+            lengths = sub[CURVE].map(len)
+            lengths = lengths[lengths > 1]                        # a one-epoch training (mean pose) is a point
+            if len(lengths) and lengths.max() >= EPOCHS_LOG_FROM * lengths.min():   # else 20 of 300 epochs: a sliver
+                _log_ticks(ax, 1, float(lengths.max()), fine_up_to=1000)
+                logarithmic.append(ds)
             title = _dataset_label(ds)
             if averaged:
                 low, high = min(averaged), max(averaged)
@@ -348,7 +356,10 @@ def learning_curves_figure(runs: pd.DataFrame) -> Plot | None:
     return Plot("learning_curves", "Validation P1 per epoch, colour by variant: one line per training and seed "
                 f"while a variant has at most {EACH_TRAINING_UP_TO} (dashed: stopped short of convergence, "
                 f"{NOT_CONVERGED} in the tables), else the mean over the trainings that ran that far, band: the "
-                "10th to 90th percentile of them. Model selection uses these validation subjects only.", fig)
+                "10th to 90th percentile of them. Model selection uses these validation subjects only."
+                + (f" The epoch axis is logarithmic in {', '.join(map(_dataset_label, logarithmic))}: its longest "
+                   f"training ran {EPOCHS_LOG_FROM} or more times as many epochs as its shortest of more than "
+                   "one." if logarithmic else ""), fig)
 
 
 def _mean_curve(ax, curves: list, short: int, colour, label: str) -> None:

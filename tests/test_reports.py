@@ -699,6 +699,15 @@ def test_learning_curves_are_pulled_per_run_and_drawn_once_per_training(demo_fra
     assert len(h36m.lines) == 4 and h36m.get_title() == "Human3.6M"
     dashed = [line for line in mocap.lines if line.get_linestyle() == "--"]
     assert len(dashed) == 1  # no_gmm's seed 1
+    assert h36m.get_xscale() == mocap.get_xscale() == "linear" and "logarithmic" not in plot.caption
+    # a training 10 times as long as another's in one panel: the epoch axis of that panel becomes logarithmic
+    longer = runs.copy()
+    first = longer.index[longer["params.trial.dataset"] == "h36m"][0]
+    longer.at[first, CURVE] = [50.0 - 0.1 * e for e in range(20)]
+    plot = learning_curves_figure(longer)
+    [h36m, mocap] = plot.figure.axes
+    assert (h36m.get_xscale(), mocap.get_xscale()) == ("log", "linear")
+    assert "The epoch axis is logarithmic in Human3.6M:" in plot.caption
 
 
 def test_a_learning_curve_is_read_from_its_tag_else_from_the_metric_history(tmp_path):
