@@ -41,7 +41,7 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from benchmark import tracking
 from benchmark.suite import DatasetSpec, Suite, SuiteError, Trial, load_suite
-from benchmark.trial import run_trial
+from benchmark.trial import machine_tags, run_trial
 from diffpose.carry import carry_in, carry_out
 from diffpose.config import Config
 from diffpose.data.store import prepare
@@ -421,7 +421,8 @@ def _invoke(suite: Suite, results: Path, address: str | None, storage: str | Non
         log.info("marked %d RUNNING run(s) of trials the suite no longer has as KILLED", replaced)
     known = tracking.find_finished(client, experiment_id)
     finished = known.among(t.id for t in trials + encoders)
-    parent = tracking.start_parent_run(client, experiment_id, "suite", suite.name, suite.file, setup.commit)
+    parent = tracking.start_parent_run(client, experiment_id, "suite", suite.name, suite.file, setup.commit,
+                                       machine_tags())     # the driver's machine, for the suite's invocations
     # the suite as it is now: its report leaves out the runs of trials an edit of the suite has since replaced
     client.log_dict(parent, sorted(t.id for t in trials), SUITE_TRIALS)
     cache = setup.cache

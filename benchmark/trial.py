@@ -30,15 +30,19 @@ from reports.results import TRAINING_TAG, curve_tag
 log = logging.getLogger(__name__)
 
 
+def machine_tags() -> dict[str, str]:
+    """This process's machine: CPU model, the cores it may use, memory, torch (a trial's, a suite driver's)."""
+    return {"host.cpu": cpu_name(), "host.cores": str(len(os.sched_getaffinity(0))),
+            "host.memory_gib": f"{psutil.virtual_memory().total / 2**30:.0f}", "torch.version": torch.__version__}
+
+
 def device_tags(cfg_device: str) -> dict[str, str]:
-    """Where a trial runs: its device, its machine (CPU model, the cores this process may use, memory, torch)
-    and its Ray node (the host when Ray is not running)."""
+    """Where a trial runs: its device, its machine (:func:`machine_tags`) and its Ray node (the host when Ray is
+    not running)."""
     dev = pick_device(cfg_device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
     tags = {"device": f"{dev.type}:{name}" if dev.type == "cuda" else name, "device.type": dev.type,
-            "host.cpu": cpu_name(), "host.cores": str(len(os.sched_getaffinity(0))),
-            "host.memory_gib": f"{psutil.virtual_memory().total / 2**30:.0f}", "torch.version": torch.__version__,
-            "ray.node": socket.gethostname(), "ray.node_ip": socket.gethostname()}
+            **machine_tags(), "ray.node": socket.gethostname(), "ray.node_ip": socket.gethostname()}
     try:
         import ray
 

@@ -288,6 +288,11 @@ def study_text(runs: pd.DataFrame, study: dict[str, str]) -> str:
         wall = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
         elsewhere = int(study.get("study.elsewhere", "0"))
         notes = [f"{elsewhere} of them on other machines, from the record its carried trainings hold"] * bool(elsewhere)
+        drivers = json.loads(study.get("study.machines", "{}"))
+        if drivers:
+            unknown = n - sum(drivers.values())
+            notes.append("driven from " + "; ".join(f"{m} ({k})" for m, k in drivers.items())
+                         + (f"; the machine of {unknown} not recorded (by a version before it was)" if unknown else ""))
         notes += [f"{unlogged} logged none: killed within its first minute, or run by a version that logged it "
                   "only at the end"] * bool(unlogged)
         parts.append(f"Wall time: {wall} over {n} invocation{'s' if n > 1 else ''} of the suite"

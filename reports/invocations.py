@@ -6,7 +6,8 @@ that runs in pieces on machines that do not keep their disks starts a new store 
 trainings (``carry``, :mod:`diffpose.carry`) carries its invocations too, in :data:`INVOCATIONS` in the same
 folder, so that the report built on the last machine counts every machine's wall time, not only its own store's.
 The file is plain JSON, ``{"suites": {suite: {suite run id: {"started": ISO 8601, "wall_seconds": s or
-null}}}}``; it is written by the program and merged, never replaced: an invocation keeps its largest wall time.
+null, "machine": the driver's or null}}}}`` ("machine" is absent from the invocations of versions that did not
+record it); it is written by the program and merged, never replaced: an invocation keeps its largest wall time.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import datetime as dt
 import json
 import math
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,15 @@ from reports.results import SUITE_TRIALS, artifact_text, search_all
 
 INVOCATIONS = "invocations.json"
 
-Invocations = dict[str, dict[str, Any]]   # suite run id -> {"started": ISO 8601 UTC, "wall_seconds": s or None}
+Invocations = dict[str, dict[str, Any]]   # suite run id -> {"started": ISO 8601 UTC, "wall_seconds": s or None,
+#                                           "machine": str or None}
+
+
+def machine(tags: dict[str, str]) -> str | None:
+    """A run's machine in words from its ``host.*`` tags (:func:`benchmark.trial.machine_tags`), or None."""
+    if "host.cpu" not in tags:
+        return None
+    return f"{tags['host.cpu']}, {tags.get('host.cores', '?')} cores, {tags.get('host.memory_gib', '?')} GiB"
 
 
 def store_invocations(tracking_uri: str, experiment: str) -> tuple[Invocations, list[str] | None]:
@@ -42,7 +52,8 @@ def store_invocations(tracking_uri: str, experiment: str) -> tuple[Invocations, 
         return {}, None
     runs = {r.info.run_id: {"started": dt.datetime.fromtimestamp(r.info.start_time / 1000, dt.UTC)
                             .strftime("%Y-%m-%dT%H:%M:%SZ"),
-                            "wall_seconds": r.data.metrics.get("wall_seconds")} for r in suites}
+                            "wall_seconds": r.data.metrics.get("wall_seconds"), "machine": machine(r.data.tags)}
+            for r in suites}
     return runs, _suite_trials(client, max(suites, key=lambda r: r.info.start_time))
 
 
@@ -72,23 +83,28 @@ def carried_invocations(folder: Path) -> dict[str, Invocations]:
         raise DataError(path, f"not a record of a suite's invocations ({type(e).__name__}: {e})") from None
     ok = isinstance(suites, dict) and all(
         isinstance(runs, dict) and all(
-            isinstance(r, dict) and isinstance(r.get("started"), str)
+            isinstance(r, dict) and isinstance(r.get("started"), str) and isinstance(r.get("machine", ""), str | None)
             and (r.get("wall_seconds") is None or (isinstance(r["wall_seconds"], int | float)
                                                    and math.isfinite(r["wall_seconds"])))
             for r in runs.values())
         for runs in suites.values())
     if not ok:
-        raise DataError(path, "not a record of a suite's invocations (each must be a start time and a wall time)")
+        raise DataError(path, "not a record of a suite's invocations (each a start time, a wall time and, if "
+                        "recorded, a machine)")
     return suites
 
 
 def _merge(a: Invocations, b: Invocations) -> Invocations:
-    """The invocations of both; one in both keeps its larger wall time (a later look at a running one)."""
+    """The invocations of both; one in both keeps its larger wall time (a later look at a running one), and its
+    machine where either records it (a record written before machines were has none)."""
     out = dict(a)
     for run_id, inv in b.items():
         old = out.get(run_id)
-        if old is None or (inv["wall_seconds"] or 0.0) > (old["wall_seconds"] or 0.0):
+        if old is None:
             out[run_id] = inv
+            continue
+        later = inv if (inv["wall_seconds"] or 0.0) > (old["wall_seconds"] or 0.0) else old
+        out[run_id] = {**later, "machine": later.get("machine") or old.get("machine") or inv.get("machine")}
     return out
 
 
@@ -111,8 +127,9 @@ def invocations(tracking_uri: str, experiment: str, carried: Path | None = None)
     """How long the experiment's suite ran, over its invocations: those of the MLflow store and, with
     ``carried`` (the suite's carry folder), those its record holds from other machines. ``invocations``,
     ``wall_seconds`` (the sum of each one's last logged wall time), ``unlogged`` (invocations that logged none),
-    ``elsewhere`` (those only the carried record has) and ``trials``, the store's newest invocation's trial ids
-    (:data:`SUITE_TRIALS`, as JSON; absent when none logged them). Strings, as a results store's metadata."""
+    ``elsewhere`` (those only the carried record has), ``machines`` (how many ran on each driver's machine
+    recorded, as JSON) and ``trials``, the store's newest invocation's trial ids (:data:`SUITE_TRIALS`, as JSON;
+    absent when none logged them). Strings, as a results store's metadata."""
     runs, trials = store_invocations(tracking_uri, experiment)
     other = carried_invocations(carried).get(experiment, {}) if carried is not None else {}
     merged = _merge(other, runs)
@@ -120,7 +137,9 @@ def invocations(tracking_uri: str, experiment: str, carried: Path | None = None)
         return {}
     walls = [r["wall_seconds"] for r in merged.values()]
     out = {"invocations": str(len(merged)), "wall_seconds": f"{sum(w for w in walls if w is not None):.0f}",
-           "unlogged": str(sum(w is None for w in walls)), "elsewhere": str(len(set(merged) - set(runs)))}
+           "unlogged": str(sum(w is None for w in walls)), "elsewhere": str(len(set(merged) - set(runs))),
+           "machines": json.dumps(dict(sorted(Counter(r["machine"] for r in merged.values() if r.get("machine"))
+                                              .items())))}
     if trials is not None:
         out["trials"] = json.dumps(trials)
     return out

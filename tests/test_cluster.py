@@ -603,6 +603,11 @@ def test_a_suite_goes_on_on_another_machine_from_the_trainings_it_carried(loopba
     study = invocations(f"sqlite:///{tmp_path / 'second' / 'mlflow.db'}", "carry", carried)
     assert (study["invocations"], study["elsewhere"], study["unlogged"]) == ("2", "1", "0")
     assert len(json.loads((carried / INVOCATIONS).read_text())["suites"]["carry"]) == 2
+    from benchmark.trial import machine_tags
+
+    here = machine_tags()                                   # both drivers ran here, and the record says so
+    assert json.loads(study["machines"]) == {f"{here['host.cpu']}, {here['host.cores']} cores, "
+                                             f"{here['host.memory_gib']} GiB": 2}
 
 
 def test_bad_suite_fails_before_anything_starts(tmp_path):

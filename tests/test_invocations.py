@@ -25,8 +25,10 @@ def _store(path: Path) -> tuple[str, MlflowClient, str]:
     return uri, client, ensure_experiment(client, "s", path / "artifacts")
 
 
-def _invocation(client: MlflowClient, experiment_id: str, wall: float | None) -> str:
-    run = start_parent_run(client, experiment_id, "suite", "s", Path("s.toml"), "abc")
+def _invocation(client: MlflowClient, experiment_id: str, wall: float | None, cpu: str | None = None) -> str:
+    """A suite run; with ``cpu``, driven from a machine with that CPU, 2 cores and 24 GiB (else not recorded)."""
+    machine = {"host.cpu": cpu, "host.cores": "2", "host.memory_gib": "24"} if cpu else {}
+    run = start_parent_run(client, experiment_id, "suite", "s", Path("s.toml"), "abc", machine)
     if wall is not None:
         client.log_metric(run, "wall_seconds", wall)
     return run
@@ -36,8 +38,8 @@ def test_each_machines_invocations_are_counted_once_with_their_latest_wall_time(
     folder = tmp_path / "carried"
     uri1, c1, e1 = _store(tmp_path / "one")
     running = _invocation(c1, e1, 600.0)
-    _invocation(c1, e1, 3000.0)
-    _invocation(c1, e1, None)                       # killed within its first minute
+    _invocation(c1, e1, 3000.0, cpu="AMD EPYC")
+    _invocation(c1, e1, None, cpu="AMD EPYC")       # killed within its first minute
     assert len(carry_invocations(uri1, "s", folder)) == 3
     c1.log_metric(running, "wall_seconds", 1200.0)  # it ran on after that carry
     carry_invocations(uri1, "s", folder)
@@ -46,16 +48,24 @@ def test_each_machines_invocations_are_counted_once_with_their_latest_wall_time(
     assert json.loads((folder / INVOCATIONS).read_text())["suites"]["s"][running]["wall_seconds"] == 1200.0
 
     uri2, c2, e2 = _store(tmp_path / "two")        # the next machine: a new store
-    _invocation(c2, e2, 1800.0)
+    _invocation(c2, e2, 1800.0, cpu="Intel Xeon")
     got = invocations(uri2, "s", folder)
     assert (got["invocations"], got["wall_seconds"], got["unlogged"], got["elsewhere"]) == ("4", "6000", "1", "3")
+    assert json.loads(got["machines"]) == {"AMD EPYC, 2 cores, 24 GiB": 2, "Intel Xeon, 2 cores, 24 GiB": 1}
     carry_invocations(uri2, "s", folder)           # carried out there too: still counted once
     assert invocations(uri2, "s", folder)["invocations"] == "4"
     assert invocations(uri2, "s")["invocations"] == "1"            # without the folder: this store's only
     text = study_text(pd.DataFrame(), {f"study.{k}": v for k, v in got.items()})
     assert text == ("Wall time: 1.7 h over 4 invocations of the suite (3 of them on other machines, from the record "
-                    "its carried trainings hold; 1 logged none: killed within its first minute, or run by a version "
-                    "that logged it only at the end).")
+                    "its carried trainings hold; driven from AMD EPYC, 2 cores, 24 GiB (2); Intel Xeon, 2 cores, "
+                    "24 GiB (1); the machine of 1 not recorded (by a version before it was); 1 logged none: killed "
+                    "within its first minute, or run by a version that logged it only at the end).")
+    record = json.loads((folder / INVOCATIONS).read_text())["suites"]["s"]
+    assert record[running]["machine"] is None                    # its driver's machine was not recorded
+    for inv in record.values():                                  # a record written before machines were
+        inv.pop("machine")
+    (folder / INVOCATIONS).write_text(json.dumps({"suites": {"s": record}}))
+    assert json.loads(invocations(uri2, "s", folder)["machines"]) == {"Intel Xeon, 2 cores, 24 GiB": 1}
     other = json.loads((folder / INVOCATIONS).read_text())
     other["suites"]["t"] = {"x": {"started": "2026-12-07T00:00:00Z", "wall_seconds": 5.0}}
     (folder / INVOCATIONS).write_text(json.dumps(other))
@@ -73,7 +83,8 @@ def test_no_store_or_no_experiment_has_no_invocations_and_creates_nothing(tmp_pa
 
 @pytest.mark.parametrize("text", ["not json", "[]", '{"suites": {"s": {"r": {"wall_seconds": 1}}}}',
                                   '{"suites": {"s": {"r": {"started": "x", "wall_seconds": "long"}}}}',
-                                  '{"suites": {"s": {"r": {"started": "x", "wall_seconds": NaN}}}}'])
+                                  '{"suites": {"s": {"r": {"started": "x", "wall_seconds": NaN}}}}',
+                                  '{"suites": {"s": {"r": {"started": "x", "wall_seconds": 1, "machine": 2}}}}'])
 def test_a_damaged_record_is_named(tmp_path, text):
     (tmp_path / INVOCATIONS).write_text(text)
     with pytest.raises(DataError, match=f"^{tmp_path / INVOCATIONS}: not a record of a suite's invocations"):
