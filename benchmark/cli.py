@@ -17,7 +17,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from diffpose.config import VARIANTS, Config, ConfigError, read_toml
+from diffpose.config import VARIANTS, Config, ConfigError, merge, read_toml
 from diffpose.data.source import DataError
 
 EXIT_BAD_INPUT = 2
@@ -63,10 +63,11 @@ def _changes(args: argparse.Namespace) -> list[tuple[dict[str, object], str]]:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    cfg = Config()
-    for changes, source in _changes(args):
-        cfg = cfg.override(changes, source=source)
-    return cfg
+    """--config, --variant and --set as one change, later ones winning key by key, as a suite applies [base]
+    and a variant: a key the file gives survives the variant's lifter, whose recipe fills the keys not given."""
+    steps = _changes(args)
+    source = ", ".join(s for _, s in steps) or "the defaults"
+    return Config().override(merge(*(c for c, _ in steps), source=source), source=source)
 
 
 def _parse_value(text: str) -> object:

@@ -63,6 +63,25 @@ def test_changing_the_lifter_takes_its_published_defaults():
     assert back == Config(), "switching back restores every per-lifter default"
 
 
+def test_the_command_line_composes_a_file_a_variant_and_settings_as_a_suite_does(tmp_path):
+    """A key the --config file gives survives the --variant's lifter and a --set encoder lifter: applied one
+    after another, the variant's recipe replaced the file's 2 epochs by MixSTE's 120 (a test meant to train 2
+    epochs trained 120), where a suite's [base] with the same variant keeps them."""
+    from benchmark.cli import _config, build_parser
+
+    file = tmp_path / "c.toml"
+    file.write_text('train.epochs = 2\nencoder.epochs = 1\nmodel.hidden = 32\n')
+    args = build_parser().parse_args(["train", "--config", str(file), "--variant", "mixste", "--set",
+                                      "model.blocks=2", "--set", "encoder.lifter=\"mixste\""])
+    cfg = _config(args)
+    assert (cfg.model.lifter, cfg.train.epochs, cfg.model.hidden, cfg.model.blocks) == ("mixste", 2, 32, 2)
+    assert (cfg.encoder.lifter, cfg.encoder.epochs) == ("mixste", 1)
+    recipe = Config().override({"model.lifter": "mixste", "encoder.lifter": "mixste"})
+    assert cfg.model.heads == recipe.model.heads and cfg.train.lr == recipe.train.lr   # the rest: the recipe's
+    assert cfg.encoder.hidden == recipe.encoder.hidden
+    assert _config(build_parser().parse_args(["train"])) == Config()
+
+
 def test_the_dataclass_defaults_are_diffposes_and_the_encoders_graformers():
     assert Config() == Config.from_dict({})
     assert Config().encoder_config() == Config().override({"model.lifter": "graformer"})
