@@ -127,6 +127,21 @@ def test_a_search_resolves_base_variant_and_the_sampled_values(fake_store, tmp_p
     assert trial.params()["trial.axis"] == "search" and trial.config.hash() == cfg.hash()
 
 
+def test_a_sampled_lifter_keeps_what_base_gives_and_takes_its_recipe_for_the_rest(fake_store, tmp_path):
+    """The search's fixed change and the sampled values make one change, as a suite's [base] and variant do:
+    sampled on top of the fixed config, SemGCN's recipe replaced [base]'s 2 epochs and batch 256 by its 50 and
+    64, silently."""
+    space = '[space]\nmodel.lifter = { type = "categorical", choices = ["graformer", "semgcn"] }\n'
+    search = load_search(_write(tmp_path, _search_text(fake_store, 'variant = "graformer"', "train.batch_size = 256",
+                                                       space).replace("train.batch_size = 64\n", "")),
+                         results_dir=tmp_path)
+    for lifter in ("graformer", "semgcn"):
+        cfg = search.config({"model.lifter": lifter})
+        recipe = Config().override({"model.lifter": lifter})
+        assert (cfg.model.lifter, cfg.train.epochs, cfg.train.batch_size) == (lifter, 2, 256)
+        assert (cfg.model.hidden, cfg.train.lr_step) == (recipe.model.hidden, recipe.train.lr_step)
+
+
 BAD = {
     "unknown table": ("", "", SPACE + "[extra]\nx = 1\n", "extra: unknown table"),
     "unknown search key": ("budget = 3", "", SPACE, "search.budget: unknown key"),

@@ -161,6 +161,7 @@ class Search:
     base: dict[str, Any]
     space: tuple[Dimension, ...]
     fixed: Config = field(repr=False)   # base + dataset set + variant + store/seed/threads/metric
+    changes: dict[str, Any] = field(repr=False)   # those, as the one change that makes ``fixed``
 
     @property
     def objective(self) -> str:
@@ -172,8 +173,9 @@ class Search:
         return self.fixed.train.epochs
 
     def config(self, values: dict[str, Any], source: str | None = None) -> Config:
-        """The config of a trial that sampled ``values``."""
-        return self.fixed.override(values, source=source or f"{self.file}: space")
+        """The config of a trial that sampled ``values``: with the fixed config's change, as one change (a lifter
+        sampled takes its recipe for the keys neither gives, never for those [base] gives)."""
+        return Config().override(merge(self.changes, values), source=source or f"{self.file}: space")
 
     def defaults(self) -> dict[str, Any]:
         """The searched keys' values without the search: what the study's first trial runs."""
@@ -240,8 +242,9 @@ def _check_storage(url: str, fail: _Fail) -> None:
         raise fail("search.storage", f"no database driver for {parsed.drivername}: {e}{hint}") from None
 
 
-def _dimensions(raw: dict, fixed: Config, base_keys: set[str], fail: _Fail) -> tuple[Dimension, ...]:
-    """The [space] table's dimensions; each bound or choice must give a valid config on top of ``fixed``."""
+def _dimensions(raw: dict, fixed: dict[str, Any], base_keys: set[str], fail: _Fail) -> tuple[Dimension, ...]:
+    """The [space] table's dimensions; each bound or choice must give a valid config with ``fixed`` (the fixed
+    config's change)."""
     flat_types = {k: type(v) for k, v in Config().flatten().items()}
     dims = []
     for key, spec in _space_items(raw, fail):
@@ -255,7 +258,7 @@ def _dimensions(raw: dict, fixed: Config, base_keys: set[str], fail: _Fail) -> t
         dim = _dimension(key, spec, flat_types[key], fail)
         for value in dim.values():
             try:
-                fixed.override({key: value}, source=f"{fail}: {where} = {value!r}")
+                Config().override(merge(fixed, {key: value}), source=f"{fail}: {where} = {value!r}")
             except ConfigError as e:
                 raise SearchError(str(e)) from None
         dims.append(dim)
@@ -350,20 +353,20 @@ def load_search(path: str | Path, *, results_dir: str | Path = "results", storag
     cpu, gpu = parse_resources(table_of(raw, "resources", fail), fail)
     seed = get("seed", int, 0)
     base = table_of(raw, "base", fail)
-    fixed = _fixed_config(path, base, dataset, settings["variant"], seed, cpu, settings["metric"], fail)
+    changes, fixed = _fixed_config(path, base, dataset, settings["variant"], seed, cpu, settings["metric"], fail)
     if settings["grace_period"] >= fixed.train.epochs and settings["pruner"] != "none":
         raise fail("search.grace_period", f"{settings['grace_period']} leaves nothing to prune in "
                                           f"{fixed.train.epochs} epochs (train.epochs); lower it or set "
                                           "pruner = \"none\"")
     # 4. The space, over keys the file does not fix, and the study's storage.
-    space = _dimensions(raw.get("space", {}), fixed, set(merge(base)) | set(merge(dataset.overrides)), fail)
+    space = _dimensions(raw.get("space", {}), changes, set(merge(base)) | set(merge(dataset.overrides)), fail)
     url = storage_url(storage or os.environ.get("OPTUNA_STORAGE") or get("storage", str, ""), results_dir)
     _check_storage(url, fail)
     search = Search(
         file=path, description=get("description", str, ""), study=get("study", str, settings["name"]),
         storage=url, dataset=dataset, seed=seed, sampler_seed=get("sampler_seed", int, 0),
         start_from_default=get("start_from_default", bool, True), max_failures=get("max_failures", int, 1),
-        cpu=cpu, gpu=gpu, base=base, space=space, fixed=fixed, **settings)
+        cpu=cpu, gpu=gpu, base=base, space=space, fixed=fixed, changes=changes, **settings)
     if search.max_failures < 0:
         raise fail("search.max_failures", f"must be >= 0 (retries of a failed trial), got {search.max_failures}")
     # 5. The default config, the first trial, must lie inside the space.
@@ -415,17 +418,18 @@ def _settings(get: Callable[[str, Any, Any], Any], fail: _Fail, stem: str) -> di
 
 
 def _fixed_config(path: Path, base: dict[str, Any], dataset: DatasetSpec, variant: str, seed: int, cpu: float,
-                  metric: str, fail: _Fail) -> Config:
-    """The config every trial starts from: defaults, [base], the dataset's overrides, the variant, and what the
-    search sets itself (which [base] may not)."""
+                  metric: str, fail: _Fail) -> tuple[dict[str, Any], Config]:
+    """The change every trial starts from, and its config: [base], the dataset's overrides, the variant, and what
+    the search sets itself (which [base] may not), on the defaults."""
     reserved = sorted(set(merge(base)) & set(RESERVED))
     if reserved:
         raise fail(f"base.{reserved[0]}", "is set by the search itself (the store, search.seed, "
                                          "resources.cpu, search.metric)")
     try:
         shared = merge(base, dataset.overrides)
-        return Config().override(merge(shared, encoder_follows(shared), VARIANTS[variant][2], {
+        changes = merge(shared, encoder_follows(shared), VARIANTS[variant][2], {
             "data.store": str(dataset.store), "train.seed": seed, "train.threads": max(1, int(cpu)),
-            "train.metric": metric}), source=f"{path}: variant {variant!r}")
+            "train.metric": metric})
+        return changes, Config().override(changes, source=f"{path}: variant {variant!r}")
     except ConfigError as e:
         raise SearchError(str(e)) from None
