@@ -29,7 +29,7 @@ import pandas as pd
 
 from diffpose.data.source import DataError
 from reports import figures as figs
-from reports.invocations import invocations
+from reports.invocations import invocations, machine
 from reports.results import (
     CHECKPOINT_TAG,
     SCHEMA_VERSION,
@@ -307,8 +307,9 @@ def study_text(runs: pd.DataFrame, study: dict[str, str]) -> str:
             cols = runs.loc[described, [k for k in keys if k in runs.columns]].fillna("?").astype(str)
             for values, group in cols.groupby(list(cols.columns), sort=True):
                 got = dict(zip(cols.columns, values if isinstance(values, tuple) else (values,), strict=True))
-                machines.append(f"{got.get(keys[0])}, {got.get(keys[1], '?')} cores, {got.get(keys[2], '?')} GiB, "
-                                f"torch {got.get(keys[3], '?')}, device {got.get(keys[4], '?')} ({len(group)} runs)")
+                described_as = machine({k.removeprefix(tag("")): v for k, v in got.items()})
+                machines.append(f"{described_as}, torch {got.get(keys[3], '?')}, device {got.get(keys[4], '?')} "
+                                f"({len(group)} runs)")
         if (~described).any():
             machines.append(f"not recorded for {int((~described).sum())} runs (logged before trials recorded it)")
         parts.append("Machines: " + "; ".join(machines) + ".")
