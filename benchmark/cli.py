@@ -17,7 +17,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from diffpose.config import VARIANTS, Config, ConfigError, merge, read_toml
+from diffpose.config import VARIANTS, Config, ConfigError, compose, merge, read_toml
 from diffpose.data.source import DataError
 
 EXIT_BAD_INPUT = 2
@@ -63,11 +63,14 @@ def _changes(args: argparse.Namespace) -> list[tuple[dict[str, object], str]]:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    """--config, --variant and --set as one change, later ones winning key by key, as a suite applies [base]
-    and a variant: a key the file gives survives the variant's lifter, whose recipe fills the keys not given."""
+    """--config, --variant and --set as one change, later ones winning key by key, composed as a suite's: the
+    file and the settings are its [base] (as `ablate --overrides` joins a suite's), so the context encoder
+    follows their recipe keys, and a key they give survives the variant's lifter, whose recipe fills the rest."""
     steps = _changes(args)
     source = ", ".join(s for _, s in steps) or "the defaults"
-    return Config().override(merge(*(c for c, _ in steps), source=source), source=source)
+    variant = f"--variant {args.variant}"
+    base = merge(*(c for c, s in steps if s != variant), source=source)
+    return Config().override(compose(base, *(c for c, _ in steps), source=source), source=source)
 
 
 def _parse_value(text: str) -> object:

@@ -55,7 +55,7 @@ from diffpose.config import (
     VARIANTS,
     Config,
     ConfigError,
-    encoder_follows,
+    compose,
     merge,
     read_toml,
     toml_value,
@@ -251,11 +251,10 @@ class Suite:
         if variant in built:
             return built[variant]
         where = f"{self.file}: variant {variant!r} on dataset {ds.key!r}"
-        shared = merge(self.base, ds.overrides)
-        changes = merge(shared, encoder_follows(shared), overrides,
-                        self.variant_overrides.get(variant.split("=")[0], {}),
-                        {"data.store": str(ds.store), "train.seed": seed, "train.threads": max(1, int(self.cpu))})
         try:
+            changes = compose(merge(self.base, ds.overrides), overrides,
+                              self.variant_overrides.get(variant.split("=")[0], {}),
+                              {"data.store": str(ds.store), "train.seed": seed, "train.threads": max(1, int(self.cpu))})
             built[variant] = Config().override(changes, source=where)
         except ConfigError as e:
             raise SuiteError(str(e)) from None

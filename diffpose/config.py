@@ -477,6 +477,15 @@ def encoder_follows(changes: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in follow.items() if k not in flat}
 
 
+def compose(base: dict[str, Any], *changes: dict[str, Any], source: str = "changes") -> dict[str, Any]:
+    """The one change a training's config is made of, the same for a suite, a search and the CLI: ``base`` (a
+    suite's or search's [base] with its dataset's keys; the CLI's --config and --set), whose recipe keys the
+    context encoder follows (``encoder_follows``), then ``changes`` in order (a variant, its overrides), later
+    ones winning key by key."""
+    shared = merge(base, source=source)
+    return merge(shared, encoder_follows(shared), *changes, source=source)
+
+
 def merge(*changes: dict[str, Any], source: str = "changes") -> dict[str, Any]:
     """Dotted-key changes merged in order (later ones win), nested tables and dotted keys alike."""
     out: dict[str, Any] = {}

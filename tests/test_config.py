@@ -82,6 +82,27 @@ def test_the_command_line_composes_a_file_a_variant_and_settings_as_a_suite_does
     assert _config(build_parser().parse_args(["train"])) == Config()
 
 
+def test_the_command_line_trains_the_context_encoder_a_suite_with_the_same_base_trains(tmp_path):
+    """The file's and the settings' recipe keys reach the encoder, as a suite's [base] keys do: the command line
+    gave a 2-epoch DiffPose a 100-epoch GraFormer encoder where the suite gave it a 2-epoch one."""
+    from benchmark.cli import _config, build_parser
+    from benchmark.suite import load_suite
+
+    file = tmp_path / "c.toml"
+    file.write_text('[train]\nepochs = 2\n')
+    suite = tmp_path / "s.toml"
+    suite.write_text('[suite]\nname = "s"\ndatasets = ["mocap17"]\nvariants = ["refiner"]\nseeds = [0]\n'
+                     '[datasets.mocap17]\nstore = "/nonexistent"\n'
+                     '[base]\ntrain.epochs = 2\ntrain.lr = 5e-4\nencoder.batch_size = 128\n')
+    [trial] = load_suite(suite, check_data=False).trials({"mocap17": "f" * 64})
+    args = build_parser().parse_args(["train", "--config", str(file), "--variant", "refiner", "--set",
+                                      "train.lr=5e-4", "--set", "encoder.batch_size=128"])
+    cfg = _config(args)
+    assert cfg.encoder == trial.config.encoder
+    assert (cfg.encoder.epochs, cfg.encoder.lr, cfg.encoder.batch_size) == (2, 5e-4, 128)
+    assert cfg.override({"data.store": "/nonexistent", "train.threads": 1}) == trial.config
+
+
 def test_the_dataclass_defaults_are_diffposes_and_the_encoders_graformers():
     assert Config() == Config.from_dict({})
     assert Config().encoder_config() == Config().override({"model.lifter": "graformer"})

@@ -52,7 +52,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from benchmark.suite import DatasetSpec, SuiteError, Trial, dataset_spec, parse_resources, table_of, typed
-from diffpose.config import VARIANTS, Config, ConfigError, encoder_follows, merge, read_toml
+from diffpose.config import VARIANTS, Config, ConfigError, compose, merge, read_toml
 
 METRICS = ("val_p1", "val_p2")
 KINDS = ("float", "logfloat", "int", "categorical")
@@ -426,8 +426,7 @@ def _fixed_config(path: Path, base: dict[str, Any], dataset: DatasetSpec, varian
         raise fail(f"base.{reserved[0]}", "is set by the search itself (the store, search.seed, "
                                          "resources.cpu, search.metric)")
     try:
-        shared = merge(base, dataset.overrides)
-        changes = merge(shared, encoder_follows(shared), VARIANTS[variant][2], {
+        changes = compose(merge(base, dataset.overrides), VARIANTS[variant][2], {
             "data.store": str(dataset.store), "train.seed": seed, "train.threads": max(1, int(cpu)),
             "train.metric": metric})
         return changes, Config().override(changes, source=f"{path}: variant {variant!r}")
