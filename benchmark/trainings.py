@@ -72,4 +72,6 @@ def progress(path: Path, results: Path) -> list[str]:
         names = [t.name for t in ts if t.stage != "encoder"] or [f"{ts[0].name} (a context encoder)"]
         more = f" and {len(names) - 1} more" if len(names) > 1 else ""
         lines.append(f"  {state.line(width)}  {names[0]}{more}")
+        if state.rule:
+            lines.append(f"  {'':<11}  {state.rule}")
     return lines

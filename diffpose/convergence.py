@@ -30,11 +30,27 @@ def window(epochs: int) -> int:
     return max(WINDOW, math.ceil(epochs / 4))
 
 
-def converged(curve: Sequence[float]) -> bool:
-    """Whether ``curve`` has converged by the rule above."""
+def _bests(curve: Sequence[float]) -> tuple[float, float] | None:
+    """(best before the window, best in it) of a curve the rule reads (``MIN_EPOCHS`` values or more)."""
     n = len(curve)
     if n < MIN_EPOCHS:
-        return False
+        return None
     last = window(n)
-    before, recent = min(curve[:n - last]), min(curve[n - last:])
-    return recent > before * (1.0 - TOLERANCE)
+    return min(curve[:n - last]), min(curve[n - last:])
+
+
+def converged(curve: Sequence[float]) -> bool:
+    """Whether ``curve`` has converged by the rule above."""
+    bests = _bests(curve)
+    return bests is not None and bests[1] > bests[0] * (1.0 - TOLERANCE)
+
+
+def reading(curve: Sequence[float]) -> str:
+    """What the rule reads on ``curve`` now, in words: how much its window improved on the best before it, which
+    it stops under ``TOLERANCE``, or when it starts reading."""
+    bests = _bests(curve)
+    if bests is None:
+        return f"the rule reads from epoch {MIN_EPOCHS}"
+    gain = 1.0 - bests[1] / bests[0]
+    return (f"the rule: the last {window(len(curve))} epochs' best is {gain:.1%} below the best before them "
+            f"(converged under {TOLERANCE:.0%})")

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from diffpose import metrics
 from diffpose.config import Config, ConfigError, Train
-from diffpose.convergence import converged
+from diffpose.convergence import converged, reading
 from diffpose.data.source import DataError
 from diffpose.data.store import Batch, PoseStore, Sampler, mirror, store_meta
 from diffpose.lifters import Lifter, Sampled, build_lifter, encoder_network, sampled
@@ -298,6 +298,7 @@ class TrainingState:
     best: float | None         # its best validation value, at best_epoch (1-based)
     best_epoch: int | None
     seconds: float             # its own time so far, summed over its epochs
+    rule: str = ""             # a part-way training's: what the convergence rule reads on its curve (reading())
 
     def line(self, width: int = 0) -> str:
         """One line: state, identity (padded to ``width``), epochs of the cap, best validation value, time (and
@@ -322,7 +323,8 @@ def training_state(cfg: Config, cache: str | Path) -> TrainingState:
         state = load_checkpoint(out / CHECKPOINT, identity=out.name)
         history = state["history"]
         return TrainingState(out.name, "part-way", len(history), t.epochs, t.metric, state["best_metric"],
-                             state["best_epoch"], sum(h["epoch_seconds"] for h in history))
+                             state["best_epoch"], sum(h["epoch_seconds"] for h in history),
+                             reading([h[t.metric] for h in history]) if t.stop_at_convergence else "")
     return TrainingState(out.name, "not started", 0, t.epochs, t.metric, None, None, 0.0)
 
 

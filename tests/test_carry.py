@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from diffpose import train
+from diffpose import convergence, train
 from diffpose.carry import carry_in, carry_out
 from diffpose.config import Config
 from diffpose.data.source import DataError
@@ -163,6 +163,8 @@ def test_the_carry_command_writes_the_suites_trainings_and_progress_says_where_e
     trained(trials["simple_baseline"].config, cache, progress=False)   # 3 epochs: its cap, short of convergence
     assert main(["progress", "--suite", str(path), "--results", str(tmp_path / "results")]) == 0
     head, *lines = capsys.readouterr().out.splitlines()
+    # under the part-way training, what the convergence rule reads on its curve so far
+    assert lines.pop(3) == f"  {'':<11}  the rule reads from epoch {convergence.MIN_EPOCHS}"
     assert head.startswith(f"suite s: 4 trainings in {cache}: 1 converged, 1 unconverged, 1 part-way, 1 not "
                            "started; ")
     states = {line.split()[1]: line.split() for line in lines}

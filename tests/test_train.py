@@ -270,6 +270,15 @@ def test_convergence_needs_its_minimum_epochs_and_a_long_enough_flat_window():
     assert convergence.window(24) == 10 and convergence.window(80) == 20
 
 
+def test_the_rule_says_what_it_reads_on_a_curve():
+    """What `progress` prints under a part-way training: how far the window's best is below the best before it."""
+    assert convergence.reading(GRAFORMER_PLATEAU[:19]) == "the rule reads from epoch 20"
+    assert convergence.reading(GRAFORMER_PLATEAU) == ("the rule: the last 10 epochs' best is 7.7% below the best "
+                                                     "before them (converged under 1%)")
+    flat = GRAFORMER_PLATEAU[:14] + [50.4 * 0.995] * 5 + [50.4 * 0.991] * 5
+    assert " 0.9% below " in convergence.reading(flat) and converged(flat)
+
+
 def test_a_training_that_stops_by_the_rule_names_it_in_its_identity(monkeypatch):
     stops, runs_out = Config(), Config().override({"train.stop_at_convergence": False})
     before = stops.identity("fp"), runs_out.identity("fp")
