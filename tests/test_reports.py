@@ -466,7 +466,7 @@ def test_report_writes_tables_figures_and_documents(demo_report):
     out = demo_report.out_dir
     assert demo_report.runs == 22 and demo_report.ok
     assert {"comparison_mocap17", "comparison_h36m", "ablation_gmm", "ablation_steps", "ablation_mode",
-            "ablation_hypotheses", "reliability", "claims", "cost"} == set(demo_report.tables)
+            "ablation_hypotheses", "reliability", "claims", "cost", "trainings"} == set(demo_report.tables)
     for name in demo_report.tables:
         for ext in ("tex", "md", "csv"):
             assert (out / "tables" / f"{name}.{ext}").stat().st_size > 0
@@ -598,6 +598,42 @@ def test_a_row_short_of_convergence_is_marked_and_the_reports_first_line_says_so
     assert md[0] == f"# diffpose-bench report: 1 of 22 runs trained short of convergence ({NOT_CONVERGED} in the " \
                     "tables), not final numbers"
     assert f"no_gmm<sup>{NOT_CONVERGED}</sup>" in (demo_report.out_dir / "tables" / "ablation_gmm.md").read_text()
+
+
+def test_the_trainings_table_gives_each_set_of_weights_its_epochs_best_value_and_verdict(demo_frame):
+    """One row per training, not per trial: the K and N values and MC dropout evaluate weights trained for
+    another row, and a sampled baseline sharing GraFormer's training counts as one of its trials."""
+    from reports.tables.trainings import trainings_table
+
+    runs, _ = finished_trials(demo_frame)
+    runs = runs.copy()
+    variants, seeds = runs["params.trial.variant"], runs["params.trial.seed"].astype(int).astype(str)
+    datasets = runs["params.trial.dataset"]
+    runs["params.trial.training"] = datasets + variants + seeds     # a training of its own per trial ...
+    for seed in ("0", "1"):                                         # ... but MC dropout samples GraFormer's
+        runs.loc[(variants == "mc_dropout") & (seeds == seed), "params.trial.training"] = f"mocap17graformer{seed}"
+    [table], _ = trainings_table(runs)
+    assert [(r.group, r.label) for r in table.rows] == [
+        ("h36m", "DiffPose, seed 0"), ("h36m", "DiffPose, seed 1"), ("h36m", "GraFormer, seed 0"),
+        ("h36m", "GraFormer, seed 1"), ("mocap17", "DiffPose, seed 0"), ("mocap17", "DiffPose, seed 1"),
+        ("mocap17", "DiffPose (no_gmm), seed 0"), ("mocap17", "DiffPose (no_gmm), seed 1"),
+        ("mocap17", "DiffPose (refiner), seed 0"), ("mocap17", "DiffPose (refiner), seed 1"),
+        ("mocap17", "GraFormer, seed 0"), ("mocap17", "GraFormer, seed 1")]
+    full = _row_in(table, "DiffPose, seed 0", "mocap17")
+    assert (full.cells["epochs"].mean, full.cells["cap"].mean, full.cells["best"].mean,
+            full.cells["best_epoch"].mean, full.cells["test"].mean) == (20, 20, 41.0, 18, 40.0)
+    assert full.cells["verdict"].text == "yes" and full.marks == () and full.cells["trials"].mean == 1
+    short = _row_in(table, "DiffPose (no_gmm), seed 1", "mocap17")
+    assert short.cells["verdict"].text == "no" and short.cells["epochs"].mean == 3
+    assert short.marks == (NOT_CONVERGED,) and table.unconverged == ["DiffPose (no_gmm), seed 1 (3 epochs)"]
+    assert _row_in(table, "GraFormer, seed 1", "mocap17").cells["trials"].mean == 2
+    assert "| DiffPose (no_gmm), seed 1<sup>†</sup> | mocap17 | 3 | 20 | 45.50 | 18 | no | 44.5 | 1 |" \
+        in to_markdown(table)
+
+
+def _row_in(table, label, group):
+    [row] = [r for r in table.rows if r.label == label and r.group == group]
+    return row
 
 
 def test_reliability_table_compares_each_method_with_diffpose_at_the_same_n(demo_tables):
