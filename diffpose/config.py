@@ -199,7 +199,9 @@ class Config:
                                       source)
         defaults = _lifter_defaults(lifter, encoder_lifter)
         sections = {}
-        for f in dataclasses.fields(cls):
+        # [encoder] last: its recipe keys may be copies of [train]'s (encoder_follows), and an invalid value is
+        # then named by the key the user gave, train.lr, not by its copy.
+        for f in sorted(dataclasses.fields(cls), key=lambda f: f.name == "encoder"):
             given = nested.pop(f.name, {})
             if not isinstance(given, dict):
                 raise ConfigError(f"{source}: [{f.name}] must be a table, got {type(given).__name__}")
@@ -473,6 +475,8 @@ def encoder_follows(changes: dict[str, Any]) -> dict[str, Any]:
     """The [encoder] keys that follow ``changes``' recipe keys (``train.lr`` -> ``encoder.lr``) where the
     changes do not set them: what a suite's or a search's [base] asks of every training, encoders included."""
     flat = _flatten_dict(_nest(changes, "changes"))
+    if "encoder" in flat:  # [encoder] given as a value, not a table: nothing to follow into (the config says so)
+        return {}
     follow = {f"encoder.{k.removeprefix('train.')}": flat[k] for k in ENCODER_TRAIN_KEYS if k in flat}
     return {k: v for k, v in follow.items() if k not in flat}
 
