@@ -473,7 +473,8 @@ ENCODER_LIFTERS: tuple[str, ...] = ("graformer", "mixste")
 
 def encoder_follows(changes: dict[str, Any]) -> dict[str, Any]:
     """The [encoder] keys that follow ``changes``' recipe keys (``train.lr`` -> ``encoder.lr``) where the
-    changes do not set them: what a suite's or a search's [base] asks of every training, encoders included."""
+    changes do not set them: what a suite's or a search's [base], or the CLI's --config and --set, ask of every
+    training, encoders included (``compose``)."""
     flat = _flatten_dict(_nest(changes, "changes"))
     if "encoder" in flat:  # [encoder] given as a value, not a table: nothing to follow into (the config says so)
         return {}
