@@ -70,7 +70,8 @@ def _config(args: argparse.Namespace) -> Config:
     source = ", ".join(s for _, s in steps) or "the defaults"
     variant = f"--variant {args.variant}"
     base = merge(*(c for c, s in steps if s != variant), source=source)
-    return Config().override(compose(base, *(c for c, _ in steps), source=source), source=source)
+    later = [c for c, s in steps if s in (variant, "--set")]   # the settings again, to win over the variant
+    return Config().override(compose(base, *later, source=source), source=source)
 
 
 def _parse_value(text: str) -> object:

@@ -57,8 +57,8 @@ def trainings_table(runs: pd.DataFrame) -> tuple[list[Table], list[str]]:
                 if trainings[i] in seen:
                     continue
                 seen.add(trainings[i])
-                run = part.loc[i]
-                done = bool(converged_runs(part.loc[[i]]).iloc[0])
+                one = part.loc[[i]]
+                run, done = one.iloc[0], bool(converged_runs(one).iloc[0])
                 cells = {"dataset": Cell(text=ds), "epochs": _number(run.get(metric("epochs_trained"))),
                          "cap": _number(run.get(param("train.epochs"))),
                          "best": _number(run.get(metric(f"best_{metrics[i]}"))),
@@ -66,7 +66,7 @@ def trainings_table(runs: pd.DataFrame) -> tuple[list[Table], list[str]]:
                          "verdict": Cell(text="yes" if done else "no"), "test": _number(run.get(metric("test_p1"))),
                          "trials": Cell(mean=float(users[trainings[i]]), n=1)}
                 name = label if pd.isna(seeds[i]) else f"{label}, seed {int(seeds[i])}"
-                rows.append(mark_convergence(Row(name, cells, group=ds, ranked=False), part.loc[[i]], unconverged))
+                rows.append(mark_convergence(Row(name, cells, group=ds, ranked=False), one, unconverged))
     used = sorted(metrics[owners.index].unique())
     notes = [f"One row per training (set of weights) of the finished trials. Epochs: those it trained, of its "
              f"cap (train.epochs). Best val: its best validation value of the selection metric "
