@@ -674,6 +674,7 @@ def _claim_runs(p1: dict[str, tuple[float, ...]]) -> pd.DataFrame:
     """Finished runs as the results store holds them: one per (variant, seed), P1 per seed as given."""
     spec = {"full": ("full", "diffpose", {}), "no_gmm": ("gmm", "diffpose", {"diffusion.gmm": False}),
             "no_context": ("context", "diffpose", {"diffusion.context": False}),
+            "no_heatmap_init": ("heatmap_init", "diffpose", {"diffusion.heatmap_init": False}),
             "steps=20": ("steps", "diffpose", {"diffusion.steps": 20}),
             "graformer": ("baseline", "graformer", {})}
     rows = []
@@ -711,6 +712,27 @@ def test_a_claim_the_data_contradicts_is_said_so_and_one_without_pairs_is_untest
     assert verdict(-2.0, 0.01, -1) == "yes" and verdict(2.0, 0.01, -1) == "no: the opposite"
     assert verdict(None, None, 1) == "untested" and verdict(1.0, 0.05, 1) == "not shown"
 
+
+
+def test_a_row_of_another_variants_weights_says_so_where_it_is_compared():
+    """no_heatmap_init samples full's trained weights from N(0, I): the tables comparing it say it is not a
+    training of its own, and the tables without it say nothing of it."""
+    from reports.tables.ablation import ablation_tables
+    from reports.tables.claims import claims_tables
+
+    note = ("no_heatmap_init: the weights trained for full, evaluated with diffusion.heatmap_init = false; "
+            "not trained on its own.")
+    runs = _claim_runs({"full": (50.0, 51.0, 52.0), "no_heatmap_init": (150.0, 170.5, 160.0),
+                        "no_gmm": (45.0, 45.5, 47.2)})
+    (claims,), _ = claims_tables(runs)
+    assert "The heatmap (2D-uncertainty) initialisation lowers the error" in {r.label for r in claims.rows}
+    assert note in claims.notes and note in to_markdown(claims)
+    tables, _ = ablation_tables(runs)
+    by_name = {t.name: t for t in tables}
+    assert note in by_name["ablation_heatmap_init"].notes
+    assert not [n for n in by_name["ablation_gmm"].notes if "not trained on its own" in n]
+    (claims,), _ = claims_tables(runs[runs["params.trial.variant"] != "no_heatmap_init"])
+    assert not [n for n in claims.notes if "not trained on its own" in n]
 
 def test_calibration_figure_draws_the_diagonal_and_one_line_per_method(demo_frame):
     from reports.figures import calibration_figure

@@ -30,6 +30,7 @@ from reports.tables.runs import (
     partial_text,
     per_seed,
     protocol_groups,
+    reused_weights,
     trial_axis,
     trial_lifter,
 )
@@ -100,6 +101,7 @@ def _ablation_table(axis: str, groups: list[tuple[dict[str, Any], pd.DataFrame]]
     notes: list[str] = []
     reasons: list[str] = []
     unconverged: list[str] = []
+    shown: set[str] = set()
     for proto, runs in groups:
         ds = proto["dataset"]
         dlabel = ds if per_dataset[ds] == 1 else f"{ds} ({describe_protocol(proto, fields[1:])})"
@@ -114,6 +116,7 @@ def _ablation_table(axis: str, groups: list[tuple[dict[str, Any], pd.DataFrame]]
         variants = column(runs, param("trial.variant")).fillna("?").astype(str)
         ordered = sorted(variants[axes == axis].unique(),
                          key=lambda v: _value_order(values[variants == v].iloc[0]))
+        shown.update(ordered)
         for v in (["full"] if not full.empty else []) + ordered:
             sub = runs[variants == v] if v != "full" else full
             for suffix, part in config_split(sub):
@@ -146,6 +149,7 @@ def _ablation_table(axis: str, groups: list[tuple[dict[str, Any], pd.DataFrame]]
     if axis == "hypotheses":
         notes.append("J-Best (oracle): per pose, the hypothesis closest to the ground truth; not comparable "
                      "with P1 and never ranked.")
+    notes += reused_weights(shown)
     notes += convergence_note(unconverged)
     return Table(name, f"Ablation: {title}", "Variant", columns, rows, notes, partial_text(missing),
                  kind="ablation", unconverged=unconverged)

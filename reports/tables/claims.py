@@ -30,6 +30,7 @@ from reports.tables.runs import (
     dataset_order,
     per_seed,
     protocol_groups,
+    reused_weights,
     run_label,
     trial_axis,
     trial_lifter,
@@ -148,6 +149,7 @@ def claims_tables(runs: pd.DataFrame) -> tuple[list[Table], list[str]]:
     rows: list[Row] = []
     unconverged: list[str] = []
     notes: list[str] = []
+    compared: set[str] = set()
     datasets = column(runs, param("trial.dataset")).astype(str)
     for ds in dataset_order(datasets.unique()):
         groups = protocol_groups(runs[datasets == ds], fields)
@@ -158,6 +160,7 @@ def claims_tables(runs: pd.DataFrame) -> tuple[list[Table], list[str]]:
             if found:
                 notes.append(f"{label}: {describe_protocol(proto, fields[1:])}.")
             for c in found:
+                compared.update(column(c.other_runs, param("trial.variant")).dropna().astype(str))
                 test = paired_test(per_seed(c.other_runs, c.metric), per_seed(c.full_runs, c.metric))
                 cells = {"other": Cell(text=c.other), "metric": Cell(text=METRIC_TEXT[c.metric]),
                          "delta": Cell(mean=test.delta, std=test.delta_std, n=test.pairs),
@@ -175,6 +178,7 @@ def claims_tables(runs: pd.DataFrame) -> tuple[list[Table], list[str]]:
                     f"p ≥ {ALPHA:g}, which with few seeds is no evidence either way; untested: no p-value. "
                     "Each comparison is tested on its own, with no correction for their number. The "
                     "reliability rows compare full DiffPose's weights at the same N. Protocols:")
+    notes += reused_weights(compared)
     notes += convergence_note(unconverged)
     return [Table("claims", "The paper's claims, tested: paired differences over seeds", "Claim", columns, rows,
                   notes, [], kind="claims", unconverged=unconverged)], []

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from diffpose.config import ABLATION_KEYS, LIFTER_NAMES
+from diffpose.config import ABLATION_KEYS, EVALUATES, LIFTER_NAMES, VARIANTS
 from reports.results import PARAM, PROTOCOL_FIELDS, RUN_IDENTITY_PARAMS, column, metric, param, protocol
 
 # Human3.6M actions in the paper's Table 1 order, with its short headers.
@@ -183,3 +183,16 @@ def per_seed(runs: pd.DataFrame, name: str) -> pd.Series:
     seeds = _seed(runs)
     keep = values.notna() & seeds.notna()
     return values[keep].groupby(seeds[keep].astype(int).to_numpy()).mean()
+
+
+def reused_weights(variants: Iterable[str]) -> list[str]:
+    """A note for each of ``variants`` that evaluates another variant's trained weights instead of training its
+    own (``diffpose.config.EVALUATES``): whose weights, and the evaluation settings it changes. Its difference from
+    that variant is then the same weights under other settings, not an ablation trained on its own."""
+    notes = []
+    for v in sorted(set(variants) & EVALUATES.keys()):
+        own = EVALUATES[v]
+        changes = {k: x for k, x in VARIANTS[v][2].items() if VARIANTS[own][2].get(k) != x}
+        settings = ", ".join(f"{k} = {str(x).lower() if isinstance(x, bool) else x}" for k, x in changes.items())
+        notes.append(f"{v}: the weights trained for {own}, evaluated with {settings}; not trained on its own.")
+    return notes
