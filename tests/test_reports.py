@@ -713,7 +713,6 @@ def test_a_claim_the_data_contradicts_is_said_so_and_one_without_pairs_is_untest
     assert verdict(None, None, 1) == "untested" and verdict(1.0, 0.05, 1) == "not shown"
 
 
-
 def test_a_row_of_another_variants_weights_says_so_where_it_is_compared():
     """no_heatmap_init samples full's trained weights from N(0, I): the tables comparing it say it is not a
     training of its own, and the tables without it say nothing of it."""

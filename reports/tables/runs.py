@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from diffpose.config import ABLATION_KEYS, EVALUATES, LIFTER_NAMES, VARIANTS
+from diffpose.config import ABLATION_KEYS, EVALUATES, LIFTER_NAMES, VARIANTS, toml_value
 from reports.results import PARAM, PROTOCOL_FIELDS, RUN_IDENTITY_PARAMS, column, metric, param, protocol
 
 # Human3.6M actions in the paper's Table 1 order, with its short headers.
@@ -193,6 +193,6 @@ def reused_weights(variants: Iterable[str]) -> list[str]:
     for v in sorted(set(variants) & EVALUATES.keys()):
         own = EVALUATES[v]
         changes = {k: x for k, x in VARIANTS[v][2].items() if VARIANTS[own][2].get(k) != x}
-        settings = ", ".join(f"{k} = {str(x).lower() if isinstance(x, bool) else x}" for k, x in changes.items())
+        settings = ", ".join(f"{k} = {toml_value(x)}" for k, x in changes.items())
         notes.append(f"{v}: the weights trained for {own}, evaluated with {settings}; not trained on its own.")
     return notes
